@@ -1,0 +1,1 @@
+"""Client runtime: executes Tasks on local data and returns Updates."""

@@ -1,0 +1,1 @@
+"""Hydra experiment configs, shipped as package data so `fedcore sim` finds them when installed."""

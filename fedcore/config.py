@@ -1,0 +1,160 @@
+"""The experiment schema: typed dataclasses for every config group, with their value checks.
+
+Hydra composes YAML from `conf/`; `fedcore.typed_config.build` turns the result into these
+dataclasses and fails before any training with a message naming the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fedcore.profiles import ProfileConfig
+from fedcore.records import Task
+from fedcore.typed_config import require
+
+
+@dataclass
+class DatasetConfig:
+    """Which dataset, with loader options (e.g. Shakespeare's min_chars)."""
+
+    name: str = "mnist"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PartitionConfig:
+    """How training examples are split among clients, and each client's evaluation hold-out."""
+
+    scheme: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    min_size: int = 10
+    holdout: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(self.alpha > 0, "alpha", "must be > 0", self.alpha)
+        require(self.shards_per_client >= 1, "shards_per_client", "must be >= 1",
+                self.shards_per_client)
+        require(self.min_size >= 1, "min_size", "must be >= 1", self.min_size)
+        require(0 <= self.holdout < 1, "holdout", "must be in [0, 1)", self.holdout)
+
+
+@dataclass
+class ModelConfig:
+    """Which model (`auto` picks the dataset's default), with its options."""
+
+    name: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationConfig:
+    """When and on what the global model is evaluated."""
+
+    every: int = 1
+    test_examples: int = 0
+    federated_clients: int = 20
+
+    def __post_init__(self) -> None:
+        require(self.every >= 1, "every", "must be >= 1", self.every)
+        require(self.test_examples >= 0, "test_examples", "must be >= 0 (0: all)",
+                self.test_examples)
+        require(self.federated_clients >= 0, "federated_clients", "must be >= 0",
+                self.federated_clients)
+
+
+@dataclass
+class SimulationConfig:
+    """Execution of virtual clients: in-process (workers 0) or a spawn pool; a time budget."""
+
+    workers: int = 0
+    max_time: float = 0.0
+    hash_models: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.workers >= 0, "workers", "must be >= 0", self.workers)
+        require(self.max_time >= 0, "max_time", "must be >= 0 (0: unlimited)", self.max_time)
+
+
+@dataclass
+class OutputConfig:
+    """What a run writes and shows."""
+
+    progress: Literal["auto", "rich", "plain", "off"] = "auto"
+    save_model: bool = True
+    plot: bool = True
+    ledger: bool = True
+
+
+@dataclass
+class TrainingConfig:
+    """Client-side hyper-parameters sent with every training task."""
+
+    local_steps: int = 10
+    local_epochs: float = 0.0
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.local_steps >= 1, "local_steps", "must be >= 1", self.local_steps)
+        require(self.local_epochs >= 0, "local_epochs", "must be >= 0", self.local_epochs)
+        require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        require(self.lr > 0, "lr", "must be > 0", self.lr)
+        require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+
+    def hyper(self) -> dict[str, float]:
+        """The hyper-parameters as a task carries them."""
+        return {
+            "epochs": self.local_epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+        }
+
+    def task(self, client_id: int, version: int, rng: np.random.Generator,
+             deadline: float | None = None) -> Task:
+        """A local-SGD task from model `version`, with a task seed drawn from the sampler."""
+        return Task(
+            client_id=client_id,
+            version=version,
+            local_steps=self.local_steps,
+            hyper=self.hyper(),
+            deadline=deadline,
+            seed=int(rng.integers(2**62)),
+        )
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment, as `fedcore sim` and `fedcore server` run it."""
+
+    seed: int = 0
+    rounds: int = 30
+    num_clients: int = 100
+    clients_per_round: int = 10
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    client_profiles: ProfileConfig = field(default_factory=ProfileConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
+        require(self.num_clients >= 1, "num_clients", "must be >= 1", self.num_clients)
+        require(self.clients_per_round >= 1, "clients_per_round", "must be >= 1",
+                self.clients_per_round)
+        require(
+            self.clients_per_round <= self.num_clients, "clients_per_round",
+            f"must be <= num_clients ({self.num_clients})", self.clients_per_round,
+        )

@@ -1,0 +1,107 @@
+"""Simulated client devices: speed, link and availability, drawn per client on demand.
+
+A profile is a pure function of (seed, client id), so 10,000 clients cost no memory until
+one is used, and every run with the same seed sees the same federation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from fedcore.typed_config import require
+
+
+@dataclass
+class SpeedTier:
+    """A share of the federation running at a given seconds-per-step."""
+
+    share: float
+    step_seconds: float
+
+    def __post_init__(self) -> None:
+        require(self.share > 0, "share", "must be > 0", self.share)
+        require(self.step_seconds > 0, "step_seconds", "must be > 0", self.step_seconds)
+
+
+@dataclass
+class ProfileConfig:
+    """The heterogeneity distribution clients' profiles are drawn from."""
+
+    speed: Literal["constant", "lognormal", "tiers"] = "lognormal"
+    step_seconds: float = 0.05
+    speed_sigma: float = 0.8
+    tiers: list[SpeedTier] = field(default_factory=list)
+    bandwidth_mbps: float = 20.0
+    bandwidth_sigma: float = 0.5
+    latency_seconds: float = 0.05
+    availability: float = 1.0
+    offline_seconds: float = 60.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.step_seconds > 0, "step_seconds", "must be > 0", self.step_seconds)
+        require(self.speed_sigma >= 0, "speed_sigma", "must be >= 0", self.speed_sigma)
+        require(self.speed != "tiers" or bool(self.tiers), "tiers",
+                "must list at least one tier when speed is 'tiers'", self.tiers)
+        require(self.bandwidth_mbps > 0, "bandwidth_mbps", "must be > 0", self.bandwidth_mbps)
+        require(self.bandwidth_sigma >= 0, "bandwidth_sigma", "must be >= 0", self.bandwidth_sigma)
+        require(self.latency_seconds >= 0, "latency_seconds", "must be >= 0", self.latency_seconds)
+        require(0 < self.availability <= 1, "availability", "must be in (0, 1]", self.availability)
+        require(self.offline_seconds >= 0, "offline_seconds", "must be >= 0", self.offline_seconds)
+        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One simulated client's device."""
+
+    step_seconds: float
+    bandwidth_bytes_per_second: float
+    latency_seconds: float
+
+    def transfer_seconds(self, nbytes: int) -> float:
+        """Time to move `nbytes` over this client's link."""
+        return self.latency_seconds + nbytes / self.bandwidth_bytes_per_second
+
+
+class ProfileSampler:
+    """Draws each client's profile and its per-task fate (offline, dropout) deterministically."""
+
+    def __init__(self, config: ProfileConfig, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        if config.speed == "tiers":
+            shares = np.array([t.share for t in config.tiers], dtype=np.float64)
+            self._tier_cdf = np.cumsum(shares / shares.sum())
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def profile(self, client_id: int) -> DeviceProfile:
+        """The device of `client_id`."""
+        config = self.config
+        rng = self._rng(0, client_id)
+        if config.speed == "constant":
+            step = config.step_seconds
+        elif config.speed == "lognormal":
+            step = config.step_seconds * float(rng.lognormal(0.0, config.speed_sigma))
+        else:
+            tier = int(np.searchsorted(self._tier_cdf, rng.random(), side="right"))
+            step = config.tiers[min(tier, len(config.tiers) - 1)].step_seconds
+        bandwidth = config.bandwidth_mbps * float(rng.lognormal(0.0, config.bandwidth_sigma))
+        return DeviceProfile(step, bandwidth * 1e6 / 8, config.latency_seconds)
+
+    def drops_out(self, client_id: int, task_key: int) -> bool:
+        """Whether this client vanishes during the task identified by `task_key` (its seed)."""
+        return bool(self._rng(1, client_id, task_key).random() < self.config.dropout)
+
+    def offline_after(self, client_id: int, task_key: int, forced: bool = False) -> float:
+        """Seconds the client stays offline after that task: 0 when it stays available; always
+        a positive draw after a dropout (`forced`)."""
+        rng = self._rng(2, client_id, task_key)
+        if not forced and rng.random() < self.config.availability:
+            return 0.0
+        return float(rng.exponential(self.config.offline_seconds))

@@ -1,0 +1,111 @@
+"""Local work on a client: SGD steps from a received model, and evaluation.
+
+One implementation serves simulated and deployed clients. The model is bound to flat vectors,
+so loading weights, the proximal term, weight decay and the SGD step are each one tensor op.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fedcore.data.split import Split
+from fedcore.params import BoundModule
+from fedcore.records import DenseDelta, Task, Update, WorkKind
+
+
+class LocalTrainer:
+    """Runs Tasks on local data with one reusable, flat-bound model instance."""
+
+    def __init__(self, build: Callable[[], nn.Module], device: torch.device | str = "cpu",
+                 eval_batch_size: int = 1024) -> None:
+        self.device = torch.device(device)
+        self.bound = BoundModule(build().to(self.device))
+        self.eval_batch_size = eval_batch_size
+        self._momentum = torch.zeros_like(self.bound.params)
+
+    def train(self, task: Task, params: torch.Tensor, buffers: torch.Tensor, data: Split) -> Update:
+        """Run `task` from (params, buffers) on `data`; return the delta and metrics."""
+        if task.kind is not WorkKind.SGD:
+            raise ValueError(f"LocalTrainer.train cannot run {task.kind} tasks")
+        if len(data) == 0:
+            raise ValueError(f"client {task.client_id} has no training examples")
+        started = time.perf_counter()
+        bound, hyper = self.bound, task.hyper
+        bound.load(params.to(self.device), buffers.to(self.device))
+        start = bound.params.clone()
+        batch_size = min(int(hyper.get("batch_size", 32)), len(data))
+        steps = planned_steps(task, len(data))
+        lr, momentum = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0))
+        weight_decay, prox_mu = float(hyper.get("weight_decay", 0.0)), float(hyper.get("prox_mu", 0.0))
+        generator = torch.Generator().manual_seed(task.seed)
+        self._momentum.zero_()
+        bound.module.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for indices in _batches(len(data), batch_size, steps, generator):
+            x, y = data.batch(indices)
+            bound.grads.zero_()
+            loss = nn.functional.cross_entropy(bound.module(x.to(self.device)), y.to(self.device))
+            loss.backward()
+            loss_sum += loss.detach()
+            grad = bound.grads
+            if weight_decay:
+                grad.add_(bound.params, alpha=weight_decay)
+            if prox_mu:
+                grad.add_(bound.params - start, alpha=prox_mu)
+            if momentum:
+                grad = self._momentum.mul_(momentum).add_(grad)
+            with torch.no_grad():
+                bound.params.add_(grad, alpha=-lr)
+        elapsed = time.perf_counter() - started
+        return Update(
+            client_id=task.client_id,
+            base_version=task.version,
+            num_examples=len(data),
+            payload=DenseDelta((bound.params - start).cpu()),
+            buffers=bound.read_buffers().clone().cpu(),
+            local_steps=steps,
+            compute_seconds=elapsed,
+            wall_seconds=elapsed,
+            metrics={"train_loss": float(loss_sum) / max(1, steps)},
+        )
+
+    @torch.no_grad()
+    def evaluate(self, params: torch.Tensor, buffers: torch.Tensor, data: Split) -> dict[str, float]:
+        """Mean cross-entropy and accuracy of (params, buffers) on `data`."""
+        self.bound.load(params.to(self.device), buffers.to(self.device))
+        self.bound.module.eval()
+        total_loss = torch.zeros((), dtype=torch.float64)
+        correct = 0
+        order = torch.arange(len(data))
+        for start in range(0, len(data), self.eval_batch_size):
+            x, y = data.batch(order[start : start + self.eval_batch_size])
+            logits = self.bound.module(x.to(self.device))
+            y = y.to(self.device)
+            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
+            correct += int((logits.argmax(dim=1) == y).sum())
+        count = max(1, len(data))
+        return {"loss": float(total_loss) / count, "accuracy": correct / count, "examples": len(data)}
+
+
+def planned_steps(task: Task, num_examples: int) -> int:
+    """Local steps a task asks for: `local_steps`, or epochs over the client's examples."""
+    epochs = float(task.hyper.get("epochs", 0.0))
+    if epochs <= 0:
+        return task.local_steps
+    batch_size = max(1, min(int(task.hyper.get("batch_size", 32)), num_examples))
+    return math.ceil(epochs * num_examples / batch_size)
+
+
+def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """`steps` minibatches of example numbers, walking fresh random permutations of 0..n-1."""
+    per_epoch = max(1, n // batch_size)
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        order = torch.randperm(n, generator=generator)
+        batches.extend(order[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch))
+    return batches[:steps]

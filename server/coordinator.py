@@ -1,0 +1,215 @@
+"""The coordinator: one event loop's worth of state that drives a strategy.
+
+Drivers (the simulation's virtual clock, the gRPC server's wall clock) call `start`,
+`client_idle`, `receive`, `task_lost` and `timer` one at a time; the coordinator validates,
+keeps the model versions clients still train on, records the ledger and offers the strategy
+its `StrategyContext`. Nothing here knows how bytes move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from fedcore.server.ledger import Ledger
+from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
+from fedcore.strategies.base import Arrival, GlobalModel, Strategy
+
+from fedcore.params import ModelLayout
+from fedcore.records import Task, Update, describe
+
+
+class Driver(Protocol):
+    """What a transport offers the coordinator."""
+
+    def now(self) -> float:
+        """Current time in seconds."""
+
+    def send(self, task: Task, model: GlobalModel) -> None:
+        """Deliver a task and the model it starts from to its client."""
+
+    def schedule(self, at: float, key: str) -> None:
+        """Call `Coordinator.timer(key)` at time `at`."""
+
+
+@dataclass
+class Publication:
+    """A model just published, with what the strategy said about it."""
+
+    model: GlobalModel
+    time: float
+    info: dict[str, Any] = field(default_factory=dict)
+    train_loss: float | None = None
+    accepted: int = 0
+
+
+class Coordinator:
+    """Owns the global model, outstanding tasks and idle clients; implements StrategyContext."""
+
+    def __init__(self, strategy: Strategy, layout: ModelLayout, initial: GlobalModel,
+                 driver: Driver, *, max_versions: int, ledger: Ledger | None = None,
+                 policy: ValidationPolicy | None = None, hash_models: bool = False) -> None:
+        self.strategy = strategy
+        self._layout = layout
+        self._model = initial
+        self.driver = driver
+        self.max_versions = max_versions
+        self.ledger = ledger or Ledger()
+        self.policy = policy or ValidationPolicy()
+        self.hash_models = hash_models
+        self.outstanding: dict[int, Task] = {}
+        self._idle: set[int] = set()
+        self._snapshots: dict[int, tuple[GlobalModel, int]] = {}
+        self._timers: dict[str, float] = {}
+        self._losses: list[float] = []
+        self.listeners: list[Callable[[Publication], None]] = []
+        self.finished = False
+        strategy.attach(self)
+
+    # -- StrategyContext ----------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """Time from the driver's clock."""
+        return self.driver.now()
+
+    @property
+    def model(self) -> GlobalModel:
+        """The current global model."""
+        return self._model
+
+    @property
+    def layout(self) -> ModelLayout:
+        """Parameter and buffer layouts."""
+        return self._layout
+
+    def idle_clients(self) -> list[int]:
+        """Idle clients in ascending id order."""
+        return sorted(self._idle)
+
+    def dispatch(self, task: Task) -> None:
+        """Hand a task to the driver; the client is busy until it returns or is lost."""
+        if self.finished:
+            return
+        if task.client_id not in self._idle:
+            raise RuntimeError(f"strategy dispatched to client {task.client_id}, which is not idle")
+        if task.version != self._model.version:
+            raise RuntimeError(f"task for version {task.version}, current is {self._model.version}")
+        self._idle.discard(task.client_id)
+        self.outstanding[task.client_id] = task
+        model, refs = self._snapshots.get(task.version, (self._model, 0))
+        self._snapshots[task.version] = (model, refs + 1)
+        self.driver.send(task, model)
+
+    def set_timer(self, at: float, key: str) -> None:
+        """Ask the driver for a timer; a later request for the same key replaces it."""
+        self._timers[key] = at
+        self.driver.schedule(at, key)
+
+    def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
+        """Install the next version, tell listeners, and stop after `max_versions`."""
+        self._layout.params.check(params)
+        model = GlobalModel(params, buffers, self._model.version + 1)
+        self._model = model
+        record: dict[str, Any] = {"version": model.version}
+        if self.hash_models:
+            record["sha256"] = model_digest(model)
+        self.ledger.record("model", **record)
+        losses, self._losses = self._losses, []
+        publication = Publication(
+            model, self.now, info, sum(losses) / len(losses) if losses else None, len(losses)
+        )
+        if model.version >= self.max_versions:
+            self.finished = True
+        for listener in self.listeners:
+            listener(publication)
+        return model
+
+    # -- events from the driver ------------------------------------------------------------------
+    def add_clients(self, client_ids: Iterable[int]) -> None:
+        """Clients present before the start, idle, announced to the strategy by `start`."""
+        self._idle.update(client_ids)
+
+    def start(self) -> None:
+        """Let the strategy begin."""
+        self.strategy.on_start()
+
+    def client_idle(self, client_id: int) -> None:
+        """A client joined or is free again."""
+        if client_id in self.outstanding:
+            raise RuntimeError(f"client {client_id} reported idle with a task outstanding")
+        self._idle.add(client_id)
+        if not self.finished:
+            self.strategy.on_client_idle(client_id)
+
+    def client_gone(self, client_id: int) -> None:
+        """A client left or stopped answering; its outstanding task is lost."""
+        self._idle.discard(client_id)
+        task = self.outstanding.get(client_id)
+        if task is not None:
+            self.task_lost(task)
+
+    def task_lost(self, task: Task) -> None:
+        """An outstanding task will never return."""
+        if self.outstanding.get(task.client_id) is not task:
+            return
+        del self.outstanding[task.client_id]
+        self._release(task.version)
+        self.ledger.record("lost", client=task.client_id, version=task.version)
+        if not self.finished:
+            self.strategy.on_task_lost(task)
+
+    def receive(self, update: Update) -> str | None:
+        """Validate and deliver an update; return None if accepted, else the refusal reason."""
+        task = self.outstanding.get(update.client_id)
+        entry = describe(update)
+        if task is None:
+            reason = "no outstanding task for this client (duplicate or unsolicited update)"
+            self.ledger.record("rejected", reason=reason, **entry)
+            return reason
+        try:
+            delta = validate(update, task, self._layout, self.policy)
+        except UpdateRejected as exc:
+            self._finish_task(task)
+            self.ledger.record("rejected", reason=str(exc), **entry)
+            return str(exc)
+        base, _ = self._snapshots[task.version]
+        self._finish_task(task)
+        staleness = self._model.version - task.version
+        limit = self.strategy.max_staleness
+        if self.finished or (limit is not None and staleness > limit):
+            reason = "training finished" if self.finished else f"stale by {staleness} versions"
+            self.ledger.record("expired", reason=reason, **entry)
+            return reason
+        self.ledger.record("accepted", staleness=staleness, **entry)
+        if "train_loss" in update.metrics:
+            self._losses.append(update.metrics["train_loss"])
+        self.strategy.on_update(Arrival(update, delta, base, staleness))
+        return None
+
+    def timer(self, key: str) -> None:
+        """A timer fired; stale ones (replaced or already served) are ignored."""
+        if key in self._timers and self._timers[key] <= self.now and not self.finished:
+            del self._timers[key]
+            self.strategy.on_timer(key)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _finish_task(self, task: Task) -> None:
+        del self.outstanding[task.client_id]
+        self._release(task.version)
+
+    def _release(self, version: int) -> None:
+        model, refs = self._snapshots[version]
+        if refs > 1:
+            self._snapshots[version] = (model, refs - 1)
+        else:
+            del self._snapshots[version]
+
+
+def model_digest(model: GlobalModel) -> str:
+    """sha256 over the raw bytes of a model's parameters and buffers."""
+    digest = hashlib.sha256(model.params.contiguous().numpy().tobytes())
+    digest.update(model.buffers.contiguous().numpy().tobytes())
+    return digest.hexdigest()

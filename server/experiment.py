@@ -1,0 +1,109 @@
+"""Everything an experiment needs before the first event: validated config, data, model, strategy.
+
+Simulation and deployment both start here, so a config means the same thing in either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcore.config import ExperimentConfig
+from fedcore.data import FederatedDataset, Split, holdout_split, load_dataset, partition
+from fedcore.models import build_model, default_model
+from fedcore.params import ModelLayout, module_vectors
+from fedcore.strategies.base import GlobalModel, Strategy
+from fedcore.strategies.registry import STRATEGIES, build_strategy
+from fedcore.typed_config import ConfigError, build
+
+
+def parse_experiment(data: dict[str, Any]) -> tuple[ExperimentConfig, Any]:
+    """Validate a composed config; return it with the strategy's typed options.
+
+    `clients_per_round` and `training` are set once at the top level and handed to the
+    strategy's options, so a sweep over strategies keeps them fixed.
+    """
+    experiment = build(ExperimentConfig, data)
+    options = dict(experiment.strategy)
+    name = options.pop("name", None)
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name: must be one of {sorted(STRATEGIES)}, got {name!r}")
+    config_type, _ = STRATEGIES[name]
+    known = set(config_type.__dataclass_fields__)
+    shared = {"clients_per_round": experiment.clients_per_round, "training": experiment.training}
+    for key in shared:
+        if key in options:
+            raise ConfigError(f"strategy.{key}: set it at the top level ({key}=...), not per strategy")
+    options.update({k: v for k, v in shared.items() if k in known})
+    return experiment, build(config_type, options, "strategy")
+
+
+@dataclass
+class Federation:
+    """A dataset split among clients: each client's training and hold-out example numbers."""
+
+    dataset: FederatedDataset
+    train_parts: list[np.ndarray]
+    holdout_parts: list[np.ndarray]
+
+    def train_split(self, client_id: int) -> Split:
+        """Client `client_id`'s training examples (a view, made on demand)."""
+        return self.dataset.train.subset(self.train_parts[client_id])
+
+    def holdout_split(self, client_id: int) -> Split:
+        """Client `client_id`'s evaluation hold-out."""
+        return self.dataset.train.subset(self.holdout_parts[client_id])
+
+
+def make_federation(config: ExperimentConfig) -> Federation:
+    """Load the dataset and partition it as configured."""
+    dataset = load_dataset(config.dataset.name, **config.dataset.options)
+    spec = config.partition
+    if spec.scheme == "natural" and dataset.natural_clients is None:
+        raise ConfigError(f"partition.scheme: dataset {config.dataset.name!r} has no natural clients")
+    parts = partition(
+        dataset.train.labels(), config.num_clients, spec.scheme, seed=config.seed,
+        alpha=spec.alpha, shards_per_client=spec.shards_per_client, min_size=spec.min_size,
+        natural=dataset.natural_clients,
+    )
+    train, holdout = holdout_split(parts, spec.holdout, seed=config.seed + 1)
+    return Federation(dataset, train, holdout)
+
+
+def model_builder(config: ExperimentConfig, dataset: FederatedDataset) -> Callable[[], nn.Module]:
+    """A zero-argument constructor of the configured model (picklable for worker processes)."""
+    name = config.model.name
+    if name == "auto":
+        name = default_model(dataset.info)
+    return partial(build_model, name, dataset.info, **config.model.options)
+
+
+@dataclass
+class Experiment:
+    """A validated config with its federation, model constructor, initial model and strategy."""
+
+    config: ExperimentConfig
+    federation: Federation
+    build_model: Callable[[], nn.Module]
+    layout: ModelLayout
+    initial: GlobalModel
+    strategy: Strategy
+
+
+def make_experiment(data: dict[str, Any]) -> Experiment:
+    """Build an experiment from a composed config dict (validates first, loads data second)."""
+    config, strategy_options = parse_experiment(data)
+    federation = make_federation(config)
+    builder = model_builder(config, federation.dataset)
+    torch.manual_seed(config.seed)
+    module = builder()
+    layout = ModelLayout.of(module)
+    params, buffers = module_vectors(module, layout)
+    strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
+    return Experiment(config, federation, builder, layout, GlobalModel(params, buffers, 0), strategy)

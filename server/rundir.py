@@ -1,0 +1,69 @@
+"""A run directory: resolved config, metrics (JSONL and CSV), final model, plot, summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedcore.params import ModelLayout
+from fedcore.serialization import encode_many
+from fedcore.strategies.base import GlobalModel
+from fedcore.server.plots import plot_metrics
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename over `path`: readers see the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+class RunDirectory:
+    """Collects metrics rows and writes the run's artefacts."""
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        write_atomically(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        self.rows: list[dict[str, Any]] = []
+        self._metrics = (path / "metrics.jsonl").open("a", encoding="utf-8")
+        self.started = time.perf_counter()
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Record one metrics row (flushed at once, so a crash keeps what was measured)."""
+        row = {**row, "wall": round(time.perf_counter() - self.started, 3)}
+        self.rows.append(row)
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def finish(self, model: GlobalModel, layout: ModelLayout, summary: dict[str, Any], *,
+               save_model: bool, plot: bool, title: str) -> None:
+        """Write the CSV, the final model, the plot and summary.json; close files."""
+        self._metrics.close()
+        if self.rows:
+            columns = list(dict.fromkeys(k for row in self.rows for k in row))
+            with (self.path / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        if save_model:
+            write_atomically(self.path / "model.fct", model_bytes(model, layout))
+        if plot and self.rows:
+            plot_metrics(self.rows, self.path / "metrics.png", title)
+        write_atomically(self.path / "summary.json", json.dumps(summary, indent=2).encode())
+
+
+def model_bytes(model: GlobalModel, layout: ModelLayout) -> bytes:
+    """A model as tensor frames named params/<name> and buffers/<name> (no pickle)."""
+    tensors = {f"params/{k}": v for k, v in layout.params.unflatten(model.params).items()}
+    tensors.update({f"buffers/{k}": v for k, v in layout.buffers.unflatten(model.buffers).items()})
+    return encode_many(tensors)

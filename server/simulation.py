@@ -1,0 +1,262 @@
+"""Discrete-event simulation: virtual clients on a virtual clock, driving the real coordinator.
+
+A dispatched task completes at now + download + steps x seconds-per-step + upload, from the
+client's device profile. Local training really runs, in-process when the completion event is
+reached or ahead of time in a `spawn` worker pool, and its update is delivered at that virtual
+time. Clients exist only as ids until they train, so memory follows the clients in flight.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcore.profiles import ProfileSampler
+from fedcore.records import Task, Update
+from fedcore.strategies.base import GlobalModel
+from fedcore.training import LocalTrainer, planned_steps
+from fedcore.server.coordinator import Coordinator, Publication, model_digest
+from fedcore.server.evaluation import Evaluator
+from fedcore.server.experiment import (
+    Experiment,
+    make_experiment,
+    make_federation,
+    model_builder,
+    parse_experiment,
+)
+from fedcore.server.ledger import Ledger
+from fedcore.server.progress import ProgressDisplay
+from fedcore.server.rundir import RunDirectory
+
+
+class EventKind(IntEnum):
+    """Simulation events; at equal times they are handled in this order."""
+
+    TIMER = 0
+    ARRIVAL = 1
+    LOST = 2
+    IDLE = 3
+
+
+@dataclass(order=True)
+class Event:
+    """A heap entry: time first, then kind and a sequence number for a total, seeded order."""
+
+    time: float
+    kind: EventKind
+    seq: int
+    client: int = field(compare=False, default=-1)
+    key: str = field(compare=False, default="")
+
+
+@dataclass
+class InFlight:
+    """A task on its way: the model it started from, and its result when computed ahead."""
+
+    task: Task
+    model: GlobalModel
+    result: Future[Update] | None = None
+
+
+@dataclass
+class SimulationResult:
+    """How a simulation ended."""
+
+    final: GlobalModel
+    virtual_seconds: float
+    stop_reason: str
+    bytes_down: int
+    bytes_up: int
+
+
+class Simulation:
+    """Runs one experiment to its end on a virtual clock (implements the coordinator's Driver)."""
+
+    def __init__(self, experiment: Experiment, config_data: dict[str, Any],
+                 ledger: Ledger | None = None) -> None:
+        self.experiment = experiment
+        config = experiment.config
+        self.federation = experiment.federation
+        self.profiles = ProfileSampler(config.client_profiles, config.seed)
+        self.trainer = LocalTrainer(experiment.build_model)
+        self.coordinator = Coordinator(
+            experiment.strategy, experiment.layout, experiment.initial, self,
+            max_versions=config.rounds, ledger=ledger, hash_models=config.simulation.hash_models,
+        )
+        self._clock = 0.0
+        self._events: list[Event] = []
+        self._seq = itertools.count()
+        self._in_flight: dict[int, InFlight] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        if config.simulation.workers:
+            self._pool = ProcessPoolExecutor(
+                config.simulation.workers, mp_context=get_context("spawn"),
+                initializer=_init_worker, initargs=(config_data,),
+            )
+        self.model_bytes = experiment.layout.params.nbytes + experiment.layout.buffers.nbytes
+        self.bytes_down = 0
+        self.bytes_up = 0
+
+    # -- Driver ------------------------------------------------------------------------------
+    def now(self) -> float:
+        """The virtual clock."""
+        return self._clock
+
+    def send(self, task: Task, model: GlobalModel) -> None:
+        """Schedule the task's completion (or its client's dropout) from the device profile."""
+        client = task.client_id
+        profile = self.profiles.profile(client)
+        steps = planned_steps(task, len(self.federation.train_parts[client]))
+        download = profile.transfer_seconds(self.model_bytes)
+        compute = steps * profile.step_seconds
+        self.bytes_down += self.model_bytes
+        if self.profiles.drops_out(client, task.seed):
+            self._in_flight[client] = InFlight(task, model)
+            self._push(self._clock + download + compute / 2, EventKind.LOST, client)
+            return
+        flight = InFlight(task, model)
+        if self._pool is not None:
+            flight.result = self._pool.submit(_train_in_worker, task, model.params, model.buffers)
+        self._in_flight[client] = flight
+        upload = profile.transfer_seconds(self.model_bytes)
+        self._push(self._clock + download + compute + upload, EventKind.ARRIVAL, client)
+
+    def schedule(self, at: float, key: str) -> None:
+        """A timer event at virtual time `at`."""
+        self._push(at, EventKind.TIMER, key=key)
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, on_publish: Callable[[Publication], None] | None = None) -> SimulationResult:
+        """Process events until the last version, the time budget, or no events remain."""
+        if on_publish is not None:
+            self.coordinator.listeners.append(on_publish)
+        coordinator = self.coordinator
+        coordinator.add_clients(range(self.experiment.config.num_clients))
+        coordinator.start()
+        max_time = self.experiment.config.simulation.max_time
+        reason = "all clients gone: no client can be scheduled and none is training"
+        try:
+            while self._events and not coordinator.finished:
+                event = heapq.heappop(self._events)
+                if max_time and event.time > max_time:
+                    reason = f"virtual time budget of {max_time} s reached"
+                    break
+                self._clock = event.time
+                self._handle(event)
+            if coordinator.finished:
+                reason = f"reached {self.experiment.config.rounds} model versions"
+        finally:
+            self.close()
+        return SimulationResult(coordinator.model, self._clock, reason, self.bytes_down, self.bytes_up)
+
+    def close(self) -> None:
+        """Stop worker processes and the ledger."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        self.coordinator.ledger.close()
+
+    def _handle(self, event: Event) -> None:
+        coordinator = self.coordinator
+        if event.kind is EventKind.TIMER:
+            coordinator.timer(event.key)
+        elif event.kind is EventKind.ARRIVAL:
+            flight = self._in_flight.pop(event.client)
+            update = self._train(flight)
+            self.bytes_up += update.nbytes
+            coordinator.receive(update)
+            self._return_later(event.client, flight.task.seed)
+        elif event.kind is EventKind.LOST:
+            flight = self._in_flight.pop(event.client)
+            coordinator.task_lost(flight.task)
+            self._return_later(event.client, flight.task.seed, rejoin=True)
+        else:
+            coordinator.client_idle(event.client)
+
+    def _train(self, flight: InFlight) -> Update:
+        if flight.result is not None:
+            return flight.result.result()
+        data = self.federation.train_split(flight.task.client_id)
+        return self.trainer.train(flight.task, flight.model.params, flight.model.buffers, data)
+
+    def _return_later(self, client: int, task_seed: int, rejoin: bool = False) -> None:
+        delay = self.profiles.offline_after(client, task_seed, forced=rejoin)
+        if delay > 0:
+            self._push(self._clock + delay, EventKind.IDLE, client)
+        else:
+            self.coordinator.client_idle(client)
+
+    def _push(self, at: float, kind: EventKind, client: int = -1, key: str = "") -> None:
+        heapq.heappush(self._events, Event(at, kind, next(self._seq), client, key))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config_data: dict[str, Any]) -> None:
+    """Per worker process: load the federation and one trainer (single-threaded torch)."""
+    torch.set_num_threads(1)
+    config, _ = parse_experiment(config_data)
+    federation = make_federation(config)
+    _WORKER["federation"] = federation
+    _WORKER["trainer"] = LocalTrainer(model_builder(config, federation.dataset))
+
+
+def _train_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) -> Update:
+    """Train one task in a worker process."""
+    data = _WORKER["federation"].train_split(task.client_id)
+    trainer: LocalTrainer = _WORKER["trainer"]
+    return trainer.train(task, params, buffers, data)
+
+
+def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, Any]:
+    """Run the experiment `config_data` describes; write its run directory; return the summary."""
+    experiment = make_experiment(config_data)
+    config = experiment.config
+    output = config.output
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(run_path / "ledger.jsonl" if run_path and output.ledger else None)
+    simulation = Simulation(experiment, config_data, ledger)
+    evaluator = Evaluator(simulation.trainer, experiment.federation, config.evaluation, config.seed)
+    run_dir = RunDirectory(run_path, config_data) if run_path is not None else None
+    title = f"{config.strategy['name']} on {config.dataset.name} ({config.partition.scheme})"
+    rows: list[dict[str, Any]] = []
+    with ProgressDisplay(config.rounds, title, output.progress) as progress:
+
+        def record(publication: Publication) -> None:
+            version = publication.model.version
+            if version % config.evaluation.every and not simulation.coordinator.finished:
+                return
+            row: dict[str, Any] = {
+                "version": version, "time": round(publication.time, 6),
+                **{k: v for k, v in publication.info.items() if isinstance(v, int | float)},
+                "train_loss": publication.train_loss, "accepted": publication.accepted,
+                "bytes_down": simulation.bytes_down, "bytes_up": simulation.bytes_up,
+                **evaluator(publication.model),
+            }
+            rows.append(row)
+            if run_dir is not None:
+                run_dir.append(row)
+            progress.update(row)
+
+        result = simulation.run(record)
+    summary = {
+        "stop_reason": result.stop_reason, "versions": result.final.version,
+        "virtual_seconds": result.virtual_seconds, "bytes_down": result.bytes_down,
+        "bytes_up": result.bytes_up, "final": rows[-1] if rows else {},
+        "ledger": dict(simulation.coordinator.ledger.counts), "model_sha256": model_digest(result.final),
+    }
+    if run_dir is not None:
+        run_dir.finish(result.final, experiment.layout, summary, save_model=output.save_model,
+                       plot=output.plot, title=title)
+    return summary

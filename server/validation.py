@@ -1,0 +1,51 @@
+"""Checks every update must pass before it can touch the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedcore.params import ModelLayout
+from fedcore.records import Task, Update, dense_delta
+
+
+class UpdateRejected(ValueError):
+    """An update failed validation; the message names the reason."""
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """Bounds an update must respect."""
+
+    max_examples: int = 10_000_000
+    max_delta_norm: float = 0.0
+
+
+def validate(update: Update, task: Task, layout: ModelLayout,
+             policy: ValidationPolicy) -> torch.Tensor:
+    """The update's dense delta if it is sound for `task`, else UpdateRejected naming why."""
+    if update.base_version != task.version:
+        raise UpdateRejected(
+            f"update is based on version {update.base_version}, the task gave version {task.version}"
+        )
+    if not 0 < update.num_examples <= policy.max_examples:
+        raise UpdateRejected(
+            f"claimed example count {update.num_examples} outside (0, {policy.max_examples}]"
+        )
+    try:
+        delta = dense_delta(update.payload, layout.params.numel)
+    except ValueError as exc:
+        raise UpdateRejected(f"payload does not fit the model: {exc}") from None
+    if delta.dtype != layout.params.dtype:
+        raise UpdateRejected(f"delta dtype {delta.dtype}, model dtype {layout.params.dtype}")
+    if not bool(torch.isfinite(delta).all()):
+        raise UpdateRejected("delta contains NaN or Inf")
+    if policy.max_delta_norm and float(delta.norm()) > policy.max_delta_norm:
+        raise UpdateRejected(f"delta norm {float(delta.norm()):.4g} above bound {policy.max_delta_norm}")
+    buffers = update.buffers
+    if buffers is not None and (
+        buffers.shape != (layout.buffers.numel,) or not bool(torch.isfinite(buffers).all())
+    ):
+        raise UpdateRejected(f"buffers must be {layout.buffers.numel} finite values")
+    return delta

@@ -1,0 +1,116 @@
+"""The event-driven strategy contract.
+
+A strategy is server-side policy: it hears about events (start, a client became idle, an update
+arrived, a timer fired) and reacts through a `StrategyContext` (dispatch a task, set a timer,
+publish a new global model). It never sees sockets, threads or wall clocks, so the same object
+runs under the simulation's virtual clock and under the gRPC deployment's wall clock.
+Synchronous rounds, FedAsync, FedBuff and FedCompass are all policies over these four events.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fedcore.params import ModelLayout
+from fedcore.records import Task, Update
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """One published global model. Tensors are never modified after publication."""
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+    version: int
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An update that passed validation, with the model it started from and its staleness."""
+
+    update: Update
+    delta: torch.Tensor
+    base: GlobalModel
+    staleness: int
+
+
+class StrategyContext(Protocol):
+    """What the runtime offers a strategy."""
+
+    @property
+    def now(self) -> float:
+        """Current time in seconds (virtual in simulation, wall in deployment)."""
+
+    @property
+    def model(self) -> GlobalModel:
+        """The current global model."""
+
+    @property
+    def layout(self) -> ModelLayout:
+        """Layout of the model's parameter and buffer vectors."""
+
+    def idle_clients(self) -> list[int]:
+        """Connected clients with no outstanding task, in ascending id order."""
+
+    def dispatch(self, task: Task) -> None:
+        """Send `task` to its client; the client gets the model of `task.version`."""
+
+    def set_timer(self, at: float, key: str) -> None:
+        """Call `on_timer(key)` at time `at` (replacing a pending timer of that key)."""
+
+    def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
+        """Make (params, buffers) the next global model version and return it."""
+
+
+class Strategy(ABC):
+    """Base class: subclasses implement the event handlers and their checkpointable state."""
+
+    name = "strategy"
+    #: Updates more than this many versions old are refused by the runtime as expired.
+    max_staleness: int | None = 0
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._ctx: StrategyContext | None = None
+
+    @property
+    def ctx(self) -> StrategyContext:
+        """The runtime this strategy is attached to."""
+        if self._ctx is None:
+            raise RuntimeError(f"strategy {self.name!r} is not attached to a runtime")
+        return self._ctx
+
+    def attach(self, ctx: StrategyContext) -> None:
+        """Bind to a runtime before the first event."""
+        self._ctx = ctx
+
+    @abstractmethod
+    def on_start(self) -> None:
+        """The federation starts (or resumes from a checkpoint)."""
+
+    @abstractmethod
+    def on_client_idle(self, client_id: int) -> None:
+        """A client joined, returned an update, or came back online."""
+
+    @abstractmethod
+    def on_update(self, arrival: Arrival) -> None:
+        """A validated update arrived."""
+
+    def on_timer(self, key: str) -> None:
+        """A timer set through the context fired."""
+
+    def on_task_lost(self, task: Task) -> None:
+        """The client of an outstanding task dropped out; the task will not return."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: subclasses extend this."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned."""
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,36 @@
+"""FedProx (Li et al., 2020): FedAvg whose clients add (mu/2)||w - w_global||^2 to their loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
+
+from fedcore.records import Task
+from fedcore.typed_config import require
+
+
+@dataclass
+class FedProxConfig(FedAvgConfig):
+    """FedAvg options plus the proximal coefficient mu."""
+
+    mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.mu >= 0, "mu", "must be >= 0", self.mu)
+
+
+class FedProx(FedAvg):
+    """Server side is FedAvg; the task tells clients to apply the proximal term."""
+
+    name = "fedprox"
+
+    def __init__(self, config: FedProxConfig, seed: int) -> None:
+        super().__init__(config, seed)
+        self.mu = config.mu
+
+    def make_task(self, client_id: int, deadline: float | None) -> Task:
+        """A FedAvg task that carries `prox_mu`."""
+        task = super().make_task(client_id, deadline)
+        return Task(**{**vars(task), "hyper": {**task.hyper, "prox_mu": self.mu}})

@@ -1,0 +1,30 @@
+"""Strategy names as configs refer to them, each with its typed options dataclass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcore.strategies.base import Strategy
+from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
+from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
+from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
+from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
+from fedcore.strategies.fedprox import FedProx, FedProxConfig
+
+STRATEGIES: dict[str, tuple[type[Any], type[Strategy]]] = {
+    "fedavg": (FedAvgConfig, FedAvg),
+    "fedprox": (FedProxConfig, FedProx),
+    "fedavgm": (FedAvgMConfig, FedAvgM),
+    "fedadam": (FedAdamConfig, FedAdam),
+    "fedasync": (FedAsyncConfig, FedAsync),
+}
+
+
+def build_strategy(name: str, options: Any, seed: int) -> Strategy:
+    """Instantiate strategy `name` from its (already validated) options dataclass."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    config_type, strategy_type = STRATEGIES[name]
+    if not isinstance(options, config_type):
+        raise TypeError(f"strategy {name!r} needs {config_type.__name__}, got {type(options).__name__}")
+    return strategy_type(options, seed)

@@ -1,0 +1,145 @@
+"""Synchronous rounds as an event policy: sample a cohort, wait for it (or its deadline), aggregate.
+
+Subclasses decide what a task carries and how arrivals are combined; the round bookkeeping
+(sampling, deadlines, partial cohorts, lost clients) lives here once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from fedcore.strategies.base import Arrival, Strategy
+
+from fedcore.config import TrainingConfig
+from fedcore.records import Task
+from fedcore.typed_config import require
+
+ROUND_TIMER = "round-deadline"
+
+
+@dataclass
+class RoundConfig:
+    """How a synchronous round is formed and when it closes."""
+
+    clients_per_round: int = 10
+    round_timeout: float = 0.0
+    min_fraction: float = 0.5
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        require(self.clients_per_round >= 1, "clients_per_round", "must be >= 1",
+                self.clients_per_round)
+        require(self.round_timeout >= 0, "round_timeout", "must be >= 0 (0: no deadline)",
+                self.round_timeout)
+        require(0 < self.min_fraction <= 1, "min_fraction", "must be in (0, 1]", self.min_fraction)
+
+
+class SynchronousRounds(Strategy):
+    """Round r: K idle clients train from model r; the round closes when all K return, or at its
+    deadline with at least `min_fraction` of them; then `aggregate()` gives model r + 1."""
+
+    def __init__(self, config: RoundConfig, seed: int) -> None:
+        super().__init__(seed)
+        self.config = config
+        self.round = 0
+        self.cohort: set[int] = set()
+        self.arrived: set[int] = set()
+        self.in_round = False
+
+    def on_start(self) -> None:
+        """Open the first round (or re-dispatch the one a checkpoint interrupted)."""
+        if self.in_round:
+            self.in_round = False
+            self.reset_round()
+        self._try_open_round()
+
+    def on_client_idle(self, client_id: int) -> None:
+        """A newly idle client may complete the number needed to open a round."""
+        if not self.in_round:
+            self._try_open_round()
+
+    def on_update(self, arrival: Arrival) -> None:
+        """Fold one cohort member's update in; close the round when the cohort is complete."""
+        client = arrival.update.client_id
+        if not self.in_round or client not in self.cohort or client in self.arrived:
+            return
+        self.absorb(arrival)
+        self.arrived.add(client)
+        if self.arrived == self.cohort:
+            self._close_round()
+
+    def on_timer(self, key: str) -> None:
+        """At the deadline, close with the members that returned, or start over without them."""
+        if key != f"{ROUND_TIMER}-{self.round}" or not self.in_round:
+            return
+        if len(self.arrived) >= max(1, self.config.min_fraction * len(self.cohort)):
+            self._close_round()
+        else:
+            self.in_round = False
+            self.reset_round()
+            self._try_open_round()
+
+    def on_task_lost(self, task: Task) -> None:
+        """A lost member shrinks the cohort; the round may now be complete."""
+        if self.in_round and task.client_id in self.cohort and task.version == self.ctx.model.version:
+            self.cohort.discard(task.client_id)
+            if self.cohort and self.arrived == self.cohort:
+                self._close_round()
+
+    def _try_open_round(self) -> None:
+        idle = self.ctx.idle_clients()
+        wanted = self.config.clients_per_round
+        if len(idle) < wanted:
+            return
+        chosen = sorted(int(c) for c in self.rng.choice(idle, size=wanted, replace=False))
+        self.round += 1
+        self.in_round = True
+        self.cohort = set(chosen)
+        self.arrived = set()
+        self.reset_round()
+        deadline = self.ctx.now + self.config.round_timeout if self.config.round_timeout else None
+        for client in chosen:
+            self.ctx.dispatch(self.make_task(client, deadline))
+        if deadline is not None:
+            self.ctx.set_timer(deadline, f"{ROUND_TIMER}-{self.round}")
+
+    def _close_round(self) -> None:
+        params, buffers = self.aggregate()
+        self.in_round = False
+        self.ctx.publish(params, buffers, round=self.round, participants=len(self.arrived))
+        self.reset_round()
+        self._try_open_round()
+
+    def make_task(self, client_id: int, deadline: float | None) -> Task:
+        """The task for one cohort member: local SGD from the current model."""
+        return self.config.training.task(client_id, self.ctx.model.version, self.rng, deadline)
+
+    @abstractmethod
+    def reset_round(self) -> None:
+        """Drop whatever was accumulated for the current round."""
+
+    @abstractmethod
+    def absorb(self, arrival: Arrival) -> None:
+        """Take one arrival into the round's aggregate."""
+
+    @abstractmethod
+    def aggregate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next global (params, buffers) from everything absorbed this round."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Round counter and cohort; a round in flight is re-dispatched on resume."""
+        return {
+            **super().state_dict(),
+            "round": self.round,
+            "in_round": self.in_round,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the round counter; on_start re-opens the interrupted round."""
+        super().load_state_dict(state)
+        self.round = int(state["round"])
+        self.in_round = bool(state["in_round"])

@@ -1,0 +1,63 @@
+"""A scripted StrategyContext: lets tests drive a strategy event by event with no runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedcore.params import ModelLayout, ParamSpec
+from fedcore.records import DenseDelta, Task, Update
+from fedcore.strategies.base import Arrival, GlobalModel, Strategy
+
+
+class ScriptedContext:
+    """Records dispatches, timers and publications; the test plays the clients and the clock."""
+
+    def __init__(self, strategy: Strategy, params: torch.Tensor, clients: int) -> None:
+        self._layout = ModelLayout(ParamSpec.from_named([("w", params)]), ParamSpec(()))
+        self._model = GlobalModel(params, torch.zeros(0), 0)
+        self.history: list[GlobalModel] = [self._model]
+        self.idle = set(range(clients))
+        self.tasks: list[Task] = []
+        self.timers: dict[str, float] = {}
+        self.infos: list[dict[str, Any]] = []
+        self.clock = 0.0
+        self.strategy = strategy
+        strategy.attach(self)
+
+    @property
+    def now(self) -> float:
+        return self.clock
+
+    @property
+    def model(self) -> GlobalModel:
+        return self._model
+
+    @property
+    def layout(self) -> ModelLayout:
+        return self._layout
+
+    def idle_clients(self) -> list[int]:
+        return sorted(self.idle)
+
+    def dispatch(self, task: Task) -> None:
+        self.idle.discard(task.client_id)
+        self.tasks.append(task)
+
+    def set_timer(self, at: float, key: str) -> None:
+        self.timers[key] = at
+
+    def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
+        self._model = GlobalModel(params, buffers, self._model.version + 1)
+        self.history.append(self._model)
+        self.infos.append(info)
+        return self._model
+
+    def arrive(self, task: Task, delta: torch.Tensor, examples: int = 10) -> None:
+        """Deliver the update of `task` and make its client idle again."""
+        update = Update(task.client_id, task.version, examples, DenseDelta(delta))
+        base = self.history[task.version]
+        self.strategy.on_update(Arrival(update, delta, base, self._model.version - task.version))
+        self.idle.add(task.client_id)
+        self.strategy.on_client_idle(task.client_id)
