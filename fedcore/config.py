@@ -36,8 +36,9 @@ class PartitionConfig:
 
     def __post_init__(self) -> None:
         require(self.alpha > 0, "alpha", "must be > 0", self.alpha)
-        require(self.shards_per_client >= 1, "shards_per_client", "must be >= 1",
-                self.shards_per_client)
+        require(
+            self.shards_per_client >= 1, "shards_per_client", "must be >= 1", self.shards_per_client
+        )
         require(self.min_size >= 1, "min_size", "must be >= 1", self.min_size)
         require(0 <= self.holdout < 1, "holdout", "must be in [0, 1)", self.holdout)
 
@@ -60,10 +61,12 @@ class EvaluationConfig:
 
     def __post_init__(self) -> None:
         require(self.every >= 1, "every", "must be >= 1", self.every)
-        require(self.test_examples >= 0, "test_examples", "must be >= 0 (0: all)",
-                self.test_examples)
-        require(self.federated_clients >= 0, "federated_clients", "must be >= 0",
-                self.federated_clients)
+        require(
+            self.test_examples >= 0, "test_examples", "must be >= 0 (0: all)", self.test_examples
+        )
+        require(
+            self.federated_clients >= 0, "federated_clients", "must be >= 0", self.federated_clients
+        )
 
 
 @dataclass
@@ -118,8 +121,9 @@ class TrainingConfig:
             "weight_decay": self.weight_decay,
         }
 
-    def task(self, client_id: int, version: int, rng: np.random.Generator,
-             deadline: float | None = None) -> Task:
+    def task(
+        self, client_id: int, version: int, rng: np.random.Generator, deadline: float | None = None
+    ) -> Task:
         """A local-SGD task from model `version`, with a task seed drawn from the sampler."""
         return Task(
             client_id=client_id,
@@ -152,9 +156,12 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         require(self.num_clients >= 1, "num_clients", "must be >= 1", self.num_clients)
-        require(self.clients_per_round >= 1, "clients_per_round", "must be >= 1",
-                self.clients_per_round)
         require(
-            self.clients_per_round <= self.num_clients, "clients_per_round",
-            f"must be <= num_clients ({self.num_clients})", self.clients_per_round,
+            self.clients_per_round >= 1, "clients_per_round", "must be >= 1", self.clients_per_round
+        )
+        require(
+            self.clients_per_round <= self.num_clients,
+            "clients_per_round",
+            f"must be <= num_clients ({self.num_clients})",
+            self.clients_per_round,
         )

@@ -115,8 +115,10 @@ class ParamSpec:
     def from_json(cls, data: Mapping[str, Any]) -> ParamSpec:
         """Inverse of to_json."""
         dtype = getattr(torch, str(data["dtype"]))
-        named = [(str(n), torch.empty(tuple(int(d) for d in shape), device="meta"))
-                 for n, shape in data["tensors"]]
+        named = [
+            (str(n), torch.empty(tuple(int(d) for d in shape), device="meta"))
+            for n, shape in data["tensors"]
+        ]
         return cls.from_named(named, dtype=dtype)
 
 

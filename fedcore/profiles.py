@@ -44,8 +44,12 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         require(self.step_seconds > 0, "step_seconds", "must be > 0", self.step_seconds)
         require(self.speed_sigma >= 0, "speed_sigma", "must be >= 0", self.speed_sigma)
-        require(self.speed != "tiers" or bool(self.tiers), "tiers",
-                "must list at least one tier when speed is 'tiers'", self.tiers)
+        require(
+            self.speed != "tiers" or bool(self.tiers),
+            "tiers",
+            "must list at least one tier when speed is 'tiers'",
+            self.tiers,
+        )
         require(self.bandwidth_mbps > 0, "bandwidth_mbps", "must be > 0", self.bandwidth_mbps)
         require(self.bandwidth_sigma >= 0, "bandwidth_sigma", "must be >= 0", self.bandwidth_sigma)
         require(self.latency_seconds >= 0, "latency_seconds", "must be >= 0", self.latency_seconds)

@@ -81,7 +81,9 @@ def dense_delta(payload: Payload, numel: int) -> torch.Tensor:
     """The flat delta a payload stands for, as a dense vector of `numel` elements."""
     if isinstance(payload, DenseDelta):
         if payload.values.shape != (numel,):
-            raise ValueError(f"dense delta has shape {tuple(payload.values.shape)}, want ({numel},)")
+            raise ValueError(
+                f"dense delta has shape {tuple(payload.values.shape)}, want ({numel},)"
+            )
         return payload.values
     indices = payload.indices
     if indices.shape != payload.values.shape or indices.dim() != 1:

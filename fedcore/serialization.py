@@ -79,8 +79,9 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def encode(tensor: torch.Tensor, name: str = "", offset: int = 0,
-           shape: tuple[int, ...] | None = None) -> bytes:
+def encode(
+    tensor: torch.Tensor, name: str = "", offset: int = 0, shape: tuple[int, ...] | None = None
+) -> bytes:
     """One frame holding `tensor` (or a chunk of a larger tensor of `shape` at `offset`)."""
     if tensor.dtype not in DTYPE_NAMES:
         raise FrameError(f"{name or 'tensor'}: dtype {tensor.dtype} is not supported on the wire")
@@ -110,7 +111,9 @@ def encode_chunks(tensor: torch.Tensor, name: str, chunk_bytes: int) -> Iterator
 
 def _int(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise FrameError(f"frame header field {what!r} must be a non-negative integer, got {value!r}")
+        raise FrameError(
+            f"frame header field {what!r} must be a non-negative integer, got {value!r}"
+        )
     return value
 
 
@@ -124,7 +127,9 @@ def parse_header(buffer: bytes | memoryview) -> tuple[FrameHeader, int]:
     (head_len,) = _LENGTH.unpack_from(view, len(MAGIC))
     start = len(MAGIC) + _LENGTH.size
     if head_len > MAX_HEADER_BYTES:
-        raise FrameError(f"frame header claims {head_len} bytes, above the {MAX_HEADER_BYTES} limit")
+        raise FrameError(
+            f"frame header claims {head_len} bytes, above the {MAX_HEADER_BYTES} limit"
+        )
     if len(view) < start + head_len:
         raise FrameError("truncated frame: header cut short")
     try:

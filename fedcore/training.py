@@ -21,8 +21,12 @@ from fedcore.records import DenseDelta, Task, Update, WorkKind
 class LocalTrainer:
     """Runs Tasks on local data with one reusable, flat-bound model instance."""
 
-    def __init__(self, build: Callable[[], nn.Module], device: torch.device | str = "cpu",
-                 eval_batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        device: torch.device | str = "cpu",
+        eval_batch_size: int = 1024,
+    ) -> None:
         self.device = torch.device(device)
         self.bound = BoundModule(build().to(self.device))
         self.eval_batch_size = eval_batch_size
@@ -41,7 +45,10 @@ class LocalTrainer:
         batch_size = min(int(hyper.get("batch_size", 32)), len(data))
         steps = planned_steps(task, len(data))
         lr, momentum = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0))
-        weight_decay, prox_mu = float(hyper.get("weight_decay", 0.0)), float(hyper.get("prox_mu", 0.0))
+        weight_decay, prox_mu = (
+            float(hyper.get("weight_decay", 0.0)),
+            float(hyper.get("prox_mu", 0.0)),
+        )
         generator = torch.Generator().manual_seed(task.seed)
         self._momentum.zero_()
         bound.module.train()
@@ -75,7 +82,9 @@ class LocalTrainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, params: torch.Tensor, buffers: torch.Tensor, data: Split) -> dict[str, float]:
+    def evaluate(
+        self, params: torch.Tensor, buffers: torch.Tensor, data: Split
+    ) -> dict[str, float]:
         """Mean cross-entropy and accuracy of (params, buffers) on `data`."""
         self.bound.load(params.to(self.device), buffers.to(self.device))
         self.bound.module.eval()
@@ -89,7 +98,11 @@ class LocalTrainer:
             total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
             correct += int((logits.argmax(dim=1) == y).sum())
         count = max(1, len(data))
-        return {"loss": float(total_loss) / count, "accuracy": correct / count, "examples": len(data)}
+        return {
+            "loss": float(total_loss) / count,
+            "accuracy": correct / count,
+            "examples": len(data),
+        }
 
 
 def planned_steps(task: Task, num_examples: int) -> int:

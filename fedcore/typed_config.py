@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 def build(cls: type[T], data: Any, path: str = "") -> T:
     """An instance of dataclass `cls` from a mapping, checking keys, types and values."""
-    return _convert(cls, data, path)  # type: ignore[no-any-return]
+    return _convert(cls, data, path)
 
 
 def _where(path: str) -> str:
@@ -50,7 +50,9 @@ def _convert(kind: Any, value: Any, path: str) -> Any:
                 return _convert(arm, value, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{_where(path)}: {value!r} fits none of {arms}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{_where(path)}: {value!r} fits none of {arms}"
+        )
     if origin is list:
         (item,) = get_args(kind) or (Any,)
         if not isinstance(value, list | tuple):
@@ -86,7 +88,9 @@ def _dataclass(cls: type, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(value) and isinstance(value, cls):
         return value
     if not isinstance(value, dict):
-        raise ConfigError(f"{_where(path)}: expected a mapping of {cls.__name__} options, got {value!r}")
+        raise ConfigError(
+            f"{_where(path)}: expected a mapping of {cls.__name__} options, got {value!r}"
+        )
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
@@ -111,8 +115,3 @@ def require(condition: bool, field: str, rule: str, value: Any) -> None:
     """Raise `ValueError("field: rule, got value")` unless condition holds (for __post_init__)."""
     if not condition:
         raise ValueError(f"{field}: {rule}, got {value!r}")
-
-
-def to_plain(instance: Any) -> Any:
-    """A dataclass tree back as plain dicts and lists (for run directories and the wire)."""
-    return dataclasses.asdict(instance) if dataclasses.is_dataclass(instance) else instance

@@ -49,9 +49,18 @@ class Publication:
 class Coordinator:
     """Owns the global model, outstanding tasks and idle clients; implements StrategyContext."""
 
-    def __init__(self, strategy: Strategy, layout: ModelLayout, initial: GlobalModel,
-                 driver: Driver, *, max_versions: int, ledger: Ledger | None = None,
-                 policy: ValidationPolicy | None = None, hash_models: bool = False) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        layout: ModelLayout,
+        initial: GlobalModel,
+        driver: Driver,
+        *,
+        max_versions: int,
+        ledger: Ledger | None = None,
+        policy: ValidationPolicy | None = None,
+        hash_models: bool = False,
+    ) -> None:
         self.strategy = strategy
         self._layout = layout
         self._model = initial

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fedcore.server.experiment import Federation
+from fedcore.strategies.base import GlobalModel
 
 from fedcore.config import EvaluationConfig
-from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer
-from fedcore.server.experiment import Federation
 
 
 class Evaluator:
     """Central test metrics plus example-weighted metrics over a fixed sample of client hold-outs."""
 
-    def __init__(self, trainer: LocalTrainer, federation: Federation, config: EvaluationConfig,
-                 seed: int) -> None:
+    def __init__(
+        self, trainer: LocalTrainer, federation: Federation, config: EvaluationConfig, seed: int
+    ) -> None:
         self.trainer = trainer
         test = federation.dataset.test
         rng = np.random.default_rng([seed, 7])
@@ -25,7 +26,7 @@ class Evaluator:
         self.test = test
         with_holdout = [c for c, part in enumerate(federation.holdout_parts) if len(part)]
         count = min(config.federated_clients, len(with_holdout))
-        chosen = rng.choice(with_holdout, size=count, replace=False) if count else []
+        chosen: list[int] | np.ndarray = rng.choice(with_holdout, size=count, replace=False) if count else []
         self.holdouts = [federation.holdout_split(int(c)) for c in sorted(chosen)]
 
     def __call__(self, model: GlobalModel) -> dict[str, float]:

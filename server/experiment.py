@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedcore.strategies.base import GlobalModel, Strategy
+from fedcore.strategies.registry import STRATEGIES, build_strategy
 from torch import nn
 
 from fedcore.config import ExperimentConfig
 from fedcore.data import FederatedDataset, Split, holdout_split, load_dataset, partition
 from fedcore.models import build_model, default_model
 from fedcore.params import ModelLayout, module_vectors
-from fedcore.strategies.base import GlobalModel, Strategy
-from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
 
 
@@ -39,7 +39,9 @@ def parse_experiment(data: dict[str, Any]) -> tuple[ExperimentConfig, Any]:
     shared = {"clients_per_round": experiment.clients_per_round, "training": experiment.training}
     for key in shared:
         if key in options:
-            raise ConfigError(f"strategy.{key}: set it at the top level ({key}=...), not per strategy")
+            raise ConfigError(
+                f"strategy.{key}: set it at the top level ({key}=...), not per strategy"
+            )
     options.update({k: v for k, v in shared.items() if k in known})
     return experiment, build(config_type, options, "strategy")
 
@@ -66,10 +68,17 @@ def make_federation(config: ExperimentConfig) -> Federation:
     dataset = load_dataset(config.dataset.name, **config.dataset.options)
     spec = config.partition
     if spec.scheme == "natural" and dataset.natural_clients is None:
-        raise ConfigError(f"partition.scheme: dataset {config.dataset.name!r} has no natural clients")
+        raise ConfigError(
+            f"partition.scheme: dataset {config.dataset.name!r} has no natural clients"
+        )
     parts = partition(
-        dataset.train.labels(), config.num_clients, spec.scheme, seed=config.seed,
-        alpha=spec.alpha, shards_per_client=spec.shards_per_client, min_size=spec.min_size,
+        dataset.train.labels(),
+        config.num_clients,
+        spec.scheme,
+        seed=config.seed,
+        alpha=spec.alpha,
+        shards_per_client=spec.shards_per_client,
+        min_size=spec.min_size,
         natural=dataset.natural_clients,
     )
     train, holdout = holdout_split(parts, spec.holdout, seed=config.seed + 1)
@@ -106,4 +115,6 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     layout = ModelLayout.of(module)
     params, buffers = module_vectors(module, layout)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
-    return Experiment(config, federation, builder, layout, GlobalModel(params, buffers, 0), strategy)
+    return Experiment(
+        config, federation, builder, layout, GlobalModel(params, buffers, 0), strategy
+    )

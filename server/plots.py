@@ -8,14 +8,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Write a 2x2 PNG: accuracy/loss (rows) against version/time (columns)."""
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for col, (x_key, x_label) in enumerate((("version", "model version (round)"),
-                                            ("time", "simulated time [s]"))):
+    for col, (x_key, x_label) in enumerate(
+        (("version", "model version (round)"), ("time", "simulated time [s]"))
+    ):
         for row_index, metric in enumerate(("accuracy", "loss")):
             axis = axes[row_index][col]
             for prefix, label in (("test_", "central test"), ("fed_", "federated hold-out")):

@@ -29,8 +29,12 @@ def _human_bytes(count: float) -> str:
 class ProgressDisplay:
     """Shows model version, simulated time, accuracy, loss and bytes moved as rows arrive."""
 
-    def __init__(self, total_versions: int, title: str,
-                 mode: Literal["auto", "rich", "plain", "off"] = "auto") -> None:
+    def __init__(
+        self,
+        total_versions: int,
+        title: str,
+        mode: Literal["auto", "rich", "plain", "off"] = "auto",
+    ) -> None:
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
         self.mode = mode
@@ -38,7 +42,9 @@ class ProgressDisplay:
         self.title = title
         self._live: Live | None = None
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
         )
         self._bar = self._progress.add_task(title, total=total_versions)
@@ -52,8 +58,12 @@ class ProgressDisplay:
             print(f"{self.title}: {self.total} model versions", flush=True)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         if self._live is not None:
             self._live.update(self._render())
             self._live.__exit__(kind, error, trace)
@@ -67,7 +77,9 @@ class ProgressDisplay:
             self._live.update(self._render())
         elif self.mode == "plain":
             parts = [f"version {row['version']}/{self.total}", f"t={row['time']:.1f}s"]
-            parts += [f"{k}={_fmt(row.get(k))}" for k in ("test_accuracy", "test_loss", "fed_accuracy")]
+            parts += [
+                f"{k}={_fmt(row.get(k))}" for k in ("test_accuracy", "test_loss", "fed_accuracy")
+            ]
             parts.append(f"moved={_human_bytes(row['bytes_down'] + row['bytes_up'])}")
             print("  ".join(parts), flush=True)
 
@@ -75,13 +87,25 @@ class ProgressDisplay:
         grid = Table.grid(padding=(0, 2))
         grid.add_row(self._progress)
         stats = Table(show_header=True, header_style="bold")
-        for column in ("version", "sim time", "test acc", "test loss", "fed acc", "train loss", "moved"):
+        for column in (
+            "version",
+            "sim time",
+            "test acc",
+            "test loss",
+            "fed acc",
+            "train loss",
+            "moved",
+        ):
             stats.add_column(column)
         row = self._last
         if row:
             stats.add_row(
-                str(row["version"]), f"{row['time']:.1f} s", _fmt(row.get("test_accuracy")),
-                _fmt(row.get("test_loss")), _fmt(row.get("fed_accuracy")), _fmt(row.get("train_loss")),
+                str(row["version"]),
+                f"{row['time']:.1f} s",
+                _fmt(row.get("test_accuracy")),
+                _fmt(row.get("test_loss")),
+                _fmt(row.get("fed_accuracy")),
+                _fmt(row.get("train_loss")),
                 _human_bytes(row["bytes_down"] + row["bytes_up"]),
             )
         grid.add_row(stats)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fedcore.server.plots import plot_metrics
+from fedcore.strategies.base import GlobalModel
 
 from fedcore.params import ModelLayout
 from fedcore.serialization import encode_many
-from fedcore.strategies.base import GlobalModel
-from fedcore.server.plots import plot_metrics
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -45,8 +45,16 @@ class RunDirectory:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
 
-    def finish(self, model: GlobalModel, layout: ModelLayout, summary: dict[str, Any], *,
-               save_model: bool, plot: bool, title: str) -> None:
+    def finish(
+        self,
+        model: GlobalModel,
+        layout: ModelLayout,
+        summary: dict[str, Any],
+        *,
+        save_model: bool,
+        plot: bool,
+        title: str,
+    ) -> None:
         """Write the CSV, the final model, the plot and summary.json; close files."""
         self._metrics.close()
         if self.rows:

@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from fedcore.profiles import ProfileSampler
-from fedcore.records import Task, Update
-from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer, planned_steps
 from fedcore.server.coordinator import Coordinator, Publication, model_digest
 from fedcore.server.evaluation import Evaluator
 from fedcore.server.experiment import (
@@ -36,6 +31,11 @@ from fedcore.server.experiment import (
 from fedcore.server.ledger import Ledger
 from fedcore.server.progress import ProgressDisplay
 from fedcore.server.rundir import RunDirectory
+from fedcore.strategies.base import GlobalModel
+
+from fedcore.profiles import ProfileSampler
+from fedcore.records import Task, Update
+from fedcore.training import LocalTrainer, planned_steps
 
 
 class EventKind(IntEnum):
@@ -81,16 +81,22 @@ class SimulationResult:
 class Simulation:
     """Runs one experiment to its end on a virtual clock (implements the coordinator's Driver)."""
 
-    def __init__(self, experiment: Experiment, config_data: dict[str, Any],
-                 ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, experiment: Experiment, config_data: dict[str, Any], ledger: Ledger | None = None
+    ) -> None:
         self.experiment = experiment
         config = experiment.config
         self.federation = experiment.federation
         self.profiles = ProfileSampler(config.client_profiles, config.seed)
         self.trainer = LocalTrainer(experiment.build_model)
         self.coordinator = Coordinator(
-            experiment.strategy, experiment.layout, experiment.initial, self,
-            max_versions=config.rounds, ledger=ledger, hash_models=config.simulation.hash_models,
+            experiment.strategy,
+            experiment.layout,
+            experiment.initial,
+            self,
+            max_versions=config.rounds,
+            ledger=ledger,
+            hash_models=config.simulation.hash_models,
         )
         self._clock = 0.0
         self._events: list[Event] = []
@@ -99,8 +105,10 @@ class Simulation:
         self._pool: ProcessPoolExecutor | None = None
         if config.simulation.workers:
             self._pool = ProcessPoolExecutor(
-                config.simulation.workers, mp_context=get_context("spawn"),
-                initializer=_init_worker, initargs=(config_data,),
+                config.simulation.workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(config_data,),
             )
         self.model_bytes = experiment.layout.params.nbytes + experiment.layout.buffers.nbytes
         self.bytes_down = 0
@@ -156,7 +164,9 @@ class Simulation:
                 reason = f"reached {self.experiment.config.rounds} model versions"
         finally:
             self.close()
-        return SimulationResult(coordinator.model, self._clock, reason, self.bytes_down, self.bytes_up)
+        return SimulationResult(
+            coordinator.model, self._clock, reason, self.bytes_down, self.bytes_up
+        )
 
     def close(self) -> None:
         """Stop worker processes and the ledger."""
@@ -238,10 +248,13 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
             if version % config.evaluation.every and not simulation.coordinator.finished:
                 return
             row: dict[str, Any] = {
-                "version": version, "time": round(publication.time, 6),
+                "version": version,
+                "time": round(publication.time, 6),
                 **{k: v for k, v in publication.info.items() if isinstance(v, int | float)},
-                "train_loss": publication.train_loss, "accepted": publication.accepted,
-                "bytes_down": simulation.bytes_down, "bytes_up": simulation.bytes_up,
+                "train_loss": publication.train_loss,
+                "accepted": publication.accepted,
+                "bytes_down": simulation.bytes_down,
+                "bytes_up": simulation.bytes_up,
                 **evaluator(publication.model),
             }
             rows.append(row)
@@ -251,12 +264,22 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
 
         result = simulation.run(record)
     summary = {
-        "stop_reason": result.stop_reason, "versions": result.final.version,
-        "virtual_seconds": result.virtual_seconds, "bytes_down": result.bytes_down,
-        "bytes_up": result.bytes_up, "final": rows[-1] if rows else {},
-        "ledger": dict(simulation.coordinator.ledger.counts), "model_sha256": model_digest(result.final),
+        "stop_reason": result.stop_reason,
+        "versions": result.final.version,
+        "virtual_seconds": result.virtual_seconds,
+        "bytes_down": result.bytes_down,
+        "bytes_up": result.bytes_up,
+        "final": rows[-1] if rows else {},
+        "ledger": dict(simulation.coordinator.ledger.counts),
+        "model_sha256": model_digest(result.final),
     }
     if run_dir is not None:
-        run_dir.finish(result.final, experiment.layout, summary, save_model=output.save_model,
-                       plot=output.plot, title=title)
+        run_dir.finish(
+            result.final,
+            experiment.layout,
+            summary,
+            save_model=output.save_model,
+            plot=output.plot,
+            title=title,
+        )
     return summary

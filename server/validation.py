@@ -22,8 +22,9 @@ class ValidationPolicy:
     max_delta_norm: float = 0.0
 
 
-def validate(update: Update, task: Task, layout: ModelLayout,
-             policy: ValidationPolicy) -> torch.Tensor:
+def validate(
+    update: Update, task: Task, layout: ModelLayout, policy: ValidationPolicy
+) -> torch.Tensor:
     """The update's dense delta if it is sound for `task`, else UpdateRejected naming why."""
     if update.base_version != task.version:
         raise UpdateRejected(
@@ -42,7 +43,9 @@ def validate(update: Update, task: Task, layout: ModelLayout,
     if not bool(torch.isfinite(delta).all()):
         raise UpdateRejected("delta contains NaN or Inf")
     if policy.max_delta_norm and float(delta.norm()) > policy.max_delta_norm:
-        raise UpdateRejected(f"delta norm {float(delta.norm()):.4g} above bound {policy.max_delta_norm}")
+        raise UpdateRejected(
+            f"delta norm {float(delta.norm()):.4g} above bound {policy.max_delta_norm}"
+        )
     buffers = update.buffers
     if buffers is not None and (
         buffers.shape != (layout.buffers.numel,) or not bool(torch.isfinite(buffers).all())

@@ -28,11 +28,16 @@ class FedAsyncConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
-        require(self.clients_per_round >= 1, "clients_per_round", "must be >= 1",
-                self.clients_per_round)
+        require(
+            self.clients_per_round >= 1, "clients_per_round", "must be >= 1", self.clients_per_round
+        )
         require(0 < self.alpha <= 1, "alpha", "must be in (0, 1]", self.alpha)
-        require(self.max_staleness is None or self.max_staleness >= 0, "max_staleness",
-                "must be >= 0 or null", self.max_staleness)
+        require(
+            self.max_staleness is None or self.max_staleness >= 0,
+            "max_staleness",
+            "must be >= 0 or null",
+            self.max_staleness,
+        )
 
 
 class FedAsync(Strategy):
@@ -84,6 +89,4 @@ class FedAsync(Strategy):
         chosen = self.rng.choice(idle, size=min(free, len(idle)), replace=False)
         for client in sorted(int(c) for c in chosen):
             self.active.add(client)
-            self.ctx.dispatch(
-                self.config.training.task(client, self.ctx.model.version, self.rng)
-            )
+            self.ctx.dispatch(self.config.training.task(client, self.ctx.model.version, self.rng))

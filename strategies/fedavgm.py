@@ -24,8 +24,12 @@ class FedAvgMConfig(FedAvgConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.server_lr > 0, "server_lr", "must be > 0", self.server_lr)
-        require(0 <= self.server_momentum < 1, "server_momentum", "must be in [0, 1)",
-                self.server_momentum)
+        require(
+            0 <= self.server_momentum < 1,
+            "server_momentum",
+            "must be in [0, 1)",
+            self.server_momentum,
+        )
 
 
 class FedAvgM(FedAvg):

@@ -26,5 +26,7 @@ def build_strategy(name: str, options: Any, seed: int) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
     config_type, strategy_type = STRATEGIES[name]
     if not isinstance(options, config_type):
-        raise TypeError(f"strategy {name!r} needs {config_type.__name__}, got {type(options).__name__}")
+        raise TypeError(
+            f"strategy {name!r} needs {config_type.__name__}, got {type(options).__name__}"
+        )
     return strategy_type(options, seed)

@@ -10,7 +10,6 @@ from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from fedcore.strategies.base import Arrival, Strategy
 
@@ -31,10 +30,15 @@ class RoundConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
-        require(self.clients_per_round >= 1, "clients_per_round", "must be >= 1",
-                self.clients_per_round)
-        require(self.round_timeout >= 0, "round_timeout", "must be >= 0 (0: no deadline)",
-                self.round_timeout)
+        require(
+            self.clients_per_round >= 1, "clients_per_round", "must be >= 1", self.clients_per_round
+        )
+        require(
+            self.round_timeout >= 0,
+            "round_timeout",
+            "must be >= 0 (0: no deadline)",
+            self.round_timeout,
+        )
         require(0 < self.min_fraction <= 1, "min_fraction", "must be in (0, 1]", self.min_fraction)
 
 
@@ -85,7 +89,11 @@ class SynchronousRounds(Strategy):
 
     def on_task_lost(self, task: Task) -> None:
         """A lost member shrinks the cohort; the round may now be complete."""
-        if self.in_round and task.client_id in self.cohort and task.version == self.ctx.model.version:
+        if (
+            self.in_round
+            and task.client_id in self.cohort
+            and task.version == self.ctx.model.version
+        ):
             self.cohort.discard(task.client_id)
             if self.cohort and self.arrived == self.cohort:
                 self._close_round()

@@ -237,14 +237,16 @@ def test_cache_decodes_once_and_follows_source_changes(monkeypatch, tmp_path):
     assert len(calls) == 2
 
 
-def test_cache_recovers_from_a_corrupt_entry(monkeypatch, tmp_path):
+@pytest.mark.parametrize("damage", [b"garbage", b""])
+def test_cache_recovers_from_a_corrupt_entry(monkeypatch, tmp_path, damage):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     source = tmp_path / "source.txt"
     source.write_text("x")
     cached_array(source, "test", lambda _: np.arange(3))
     (entry,) = tmp_path.glob("test-*.npy")
-    entry.write_bytes(b"garbage")
+    entry.write_bytes(damage)
     assert cached_array(source, "test", lambda _: np.arange(4)).tolist() == [0, 1, 2, 3]
+    assert np.load(entry).tolist() == [0, 1, 2, 3]
 
 
 # --- Split ----------------------------------------------------------------------------------

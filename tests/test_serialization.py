@@ -1,10 +1,10 @@
 """Tensor frames: round trips for every dtype, and every rejection the wire format promises."""
 
 import json
+import resource
 import struct
 
 import pytest
-import resource
 import torch
 
 from fedcore.serialization import (
@@ -105,7 +105,7 @@ def test_rejects_headers_that_lie_about_sizes():
     with pytest.raises(FrameError, match="not valid JSON"):
         decode(MAGIC + struct.pack("<I", 3) + b"{{{")
     with pytest.raises(FrameError, match="chunk, not the whole tensor"):
-        decode(list(encode_chunks(torch.randn(100), "x", 40))[0])
+        decode(next(iter(encode_chunks(torch.randn(100), "x", 40))))
 
 
 def test_many_rejects_duplicates_and_trailing_garbage():

@@ -2,10 +2,10 @@
 lazy clients, dropouts and worker pools."""
 
 import torch
-
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.simulation import Simulation, simulate
+
 from fedcore.training import LocalTrainer
 from tests.conftest import FAST, composed
 
@@ -37,7 +37,9 @@ def test_same_seed_same_model_bytes_other_seed_differs(tmp_path):
     second = simulate(composed(*FAST), tmp_path / "b")
     other = simulate(composed(*FAST, "seed=1"), None)
     assert first["model_sha256"] == second["model_sha256"]
-    assert (tmp_path / "a" / "model.fct").read_bytes() == (tmp_path / "b" / "model.fct").read_bytes()
+    assert (tmp_path / "a" / "model.fct").read_bytes() == (
+        tmp_path / "b" / "model.fct"
+    ).read_bytes()
     assert other["model_sha256"] != first["model_sha256"]
 
 
@@ -56,8 +58,14 @@ def test_run_directory_holds_metrics_plot_model_and_ledger(tmp_path):
 
 def test_ten_thousand_clients_materialise_only_those_training():
     config = composed(
-        *FAST, "num_clients=10000", "clients_per_round=20", "partition=iid", "partition.min_size=1",
-        "partition.holdout=0.0", "dataset.options.num_train=30000", "evaluation.federated_clients=0",
+        *FAST,
+        "num_clients=10000",
+        "clients_per_round=20",
+        "partition=iid",
+        "partition.min_size=1",
+        "partition.holdout=0.0",
+        "dataset.options.num_train=30000",
+        "evaluation.federated_clients=0",
     )
     experiment = make_experiment(config)
     simulation = Simulation(experiment, config)
@@ -76,8 +84,14 @@ def test_ten_thousand_clients_materialise_only_those_training():
 
 def test_dropouts_are_recorded_and_rounds_complete_at_their_deadline(tmp_path):
     summary = simulate(
-        composed(*FAST, "rounds=4", "client_profiles.dropout=0.3", "strategy.round_timeout=20.0",
-                 "strategy.min_fraction=0.2", "client_profiles.offline_seconds=5.0"),
+        composed(
+            *FAST,
+            "rounds=4",
+            "client_profiles.dropout=0.3",
+            "strategy.round_timeout=20.0",
+            "strategy.min_fraction=0.2",
+            "client_profiles.offline_seconds=5.0",
+        ),
         tmp_path,
     )
     assert summary["versions"] == 4

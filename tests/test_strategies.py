@@ -1,17 +1,18 @@
 """Baseline strategies driven event by event: FedAvg, FedProx, FedAvgM, FedAdam, FedAsync."""
 
+import itertools
 import math
 
 import pytest
 import torch
-
-from fedcore.config import TrainingConfig
 from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
 from fedcore.strategies.fedprox import FedProx, FedProxConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
+
+from fedcore.config import TrainingConfig
 from tests.harness import ScriptedContext
 
 P = 257
@@ -109,7 +110,7 @@ def test_staleness_weights_never_increase(function):
     config = StalenessConfig(function=function, a=0.5, b=3)
     weights = [staleness_weight(t, config) for t in range(50)]
     assert weights[0] == 1.0
-    assert all(later <= earlier for earlier, later in zip(weights, weights[1:], strict=False))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(weights))
     if function != "constant":
         assert weights[-1] < 0.5
 

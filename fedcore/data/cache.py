@@ -27,7 +27,7 @@ def cached_array(source: Path, tag: str, decode: Callable[[Path], np.ndarray]) -
     stat = source.stat()
     key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     target = cache_dir() / f"{tag}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
-    with contextlib.suppress(OSError, ValueError):  # no entry, or an unreadable one: decode afresh
+    with contextlib.suppress(OSError, ValueError, EOFError):  # absent or unreadable: decode afresh
         return np.load(target, allow_pickle=False)
     array = decode(source)
     try:

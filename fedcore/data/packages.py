@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class DatasetUnavailable(RuntimeError):  # noqa: N818 - the name is part of the runtime API
+class DatasetUnavailable(RuntimeError):
     """A dataset's data package is not installed; the message names the command that installs it."""
 
 

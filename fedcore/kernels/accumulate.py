@@ -14,8 +14,9 @@ import torch
 class StreamingAccumulator:
     """Running (sum of w_i * x_i, sum of w_i) over vectors that arrive one at a time."""
 
-    def __init__(self, numel: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, numel: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
         self.device = torch.device(device)
         self.sum = torch.zeros(numel, dtype=dtype, device=self.device)
         self.weight = 0.0
@@ -25,7 +26,9 @@ class StreamingAccumulator:
     def add(self, vector: torch.Tensor, weight: float) -> None:
         """Fold `weight * vector` into the running sum."""
         if vector.shape != self.sum.shape:
-            raise ValueError(f"vector of shape {tuple(vector.shape)} does not fit {tuple(self.sum.shape)}")
+            raise ValueError(
+                f"vector of shape {tuple(vector.shape)} does not fit {tuple(self.sum.shape)}"
+            )
         self.sum.add_(self._on_device(vector), alpha=weight)
         self.weight += weight
         self.count += 1
@@ -68,6 +71,8 @@ class StreamingAccumulator:
 def weighted_sum(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_i weights[i] * stacked[i] for stacked [N, P] vectors, as one GEMV on their device."""
     if stacked.dim() != 2 or weights.shape != (stacked.shape[0],):
-        raise ValueError(f"want stacked [N, P] and weights [N], got {tuple(stacked.shape)} "
-                         f"and {tuple(weights.shape)}")
+        raise ValueError(
+            f"want stacked [N, P] and weights [N], got {tuple(stacked.shape)} "
+            f"and {tuple(weights.shape)}"
+        )
     return torch.mv(stacked.t(), weights.to(stacked.device, stacked.dtype))

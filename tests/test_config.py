@@ -1,0 +1,92 @@
+"""Config validation: every bad key, type or value fails before training, naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+from fedcore.server.experiment import parse_experiment
+from fedcore.strategies.fedprox import FedProxConfig
+from hydra.errors import ConfigCompositionException
+
+from fedcore.typed_config import ConfigError
+from tests.conftest import FAST, composed
+
+
+def test_default_config_parses_into_typed_sections():
+    experiment, options = parse_experiment(composed())
+    assert experiment.dataset.name == "mnist" and experiment.partition.scheme == "dirichlet"
+    assert options.clients_per_round == experiment.clients_per_round == 10
+    assert options.training.local_steps == experiment.training.local_steps
+
+
+def test_issue_example_overrides_compose():
+    experiment, options = parse_experiment(
+        composed("strategy=fedprox", "dataset=fmnist", "partition.alpha=0.1", "rounds=50")
+    )
+    assert isinstance(options, FedProxConfig) and options.mu == 0.01
+    assert experiment.partition.alpha == 0.1 and experiment.rounds == 50
+    assert experiment.dataset.name == "fmnist"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["partition.alpha=0"], "partition.alpha: must be > 0, got 0.0"),
+        (["partition.alpha=-1"], "partition.alpha: must be > 0"),
+        (["clients_per_round=200"], "clients_per_round: must be <= num_clients (100), got 200"),
+        (["+bogus=1"], "bogus: unknown key"),
+        (["+partition.bogus=1"], "partition.bogus: unknown key"),
+        (["+strategy.bogus=1"], "strategy.bogus: unknown key"),
+        (["rounds=abc"], "rounds: expected int, got 'abc'"),
+        (["rounds=0"], "rounds: must be >= 1"),
+        (["strategy=fedprox", "strategy.mu=-0.1"], "strategy.mu: must be >= 0"),
+        (["strategy=fedprox", "strategy.mu=abc"], "strategy.mu: expected float, got 'abc'"),
+        (["strategy=fedadam", "strategy.beta1=1.5"], "strategy.beta1: must be in [0, 1)"),
+        (
+            ["strategy=fedasync", "strategy.staleness.function=linear"],
+            "strategy.staleness.function",
+        ),
+        (["strategy.name=fedmagic"], "strategy.name: must be one of"),
+        (["partition.scheme=random"], "partition.scheme: must be one of"),
+        (["training.lr=0"], "training.lr: must be > 0"),
+        (["training.batch_size=0"], "training.batch_size: must be >= 1"),
+        (["client_profiles.availability=0"], "client_profiles.availability: must be in (0, 1]"),
+        (["client_profiles.speed=tiers"], "client_profiles.tiers: must list at least one tier"),
+        (["output.progress=loud"], "output.progress: must be one of"),
+        (["+strategy.clients_per_round=3"], "strategy.clients_per_round: set it at the top level"),
+    ],
+)
+def test_invalid_configs_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        parse_experiment(composed(*overrides))
+    assert message in str(error.value)
+
+
+def test_hydra_refuses_new_keys_without_plus():
+    with pytest.raises(ConfigCompositionException, match="bogus"):
+        composed("bogus=1")
+
+
+def _fedcore(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "fedcore.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_rejects_bad_value_before_training(tmp_path):
+    result = _fedcore("sim", *FAST, "partition.alpha=-0.5", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "partition.alpha: must be > 0, got -0.5" in result.stderr
+    assert not list(tmp_path.glob("outputs/*/*/metrics.jsonl")), "no training may have started"
+
+
+def test_cli_multirun_sweeps(tmp_path):
+    result = _fedcore("sim", "-m", *FAST, "rounds=1", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert len(runs) == 2
