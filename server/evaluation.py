@@ -26,8 +26,8 @@ class Evaluator:
         self.test = test
         with_holdout = [c for c, part in enumerate(federation.holdout_parts) if len(part)]
         count = min(config.federated_clients, len(with_holdout))
-        chosen: list[int] | np.ndarray = rng.choice(with_holdout, size=count, replace=False) if count else []
-        self.holdouts = [federation.holdout_split(int(c)) for c in sorted(chosen)]
+        chosen = rng.choice(np.asarray(with_holdout, dtype=np.int64), size=count, replace=False)
+        self.holdouts = [federation.holdout_split(int(c)) for c in np.sort(chosen)]
 
     def __call__(self, model: GlobalModel) -> dict[str, float]:
         """Metrics of `model`: test_loss, test_accuracy, fed_loss, fed_accuracy."""
