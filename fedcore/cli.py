@@ -1,4 +1,4 @@
-"""The `fedcore` command: `fedcore sim [hydra overrides]` (more subcommands arrive with deployment).
+"""The `fedcore` command: `fedcore sim [hydra overrides]` and `fedcore certs ...`.
 
 `sim` hands its arguments to Hydra unchanged, so overrides, `-m` sweeps, `--cfg job` and
 `--help` behave as Hydra users expect.
@@ -14,6 +14,9 @@ USAGE = """usage: fedcore <command> [args]
 
 commands:
   sim     run a simulated federation: fedcore sim [key=value ...] [-m for sweeps]
+  certs   make a CA, server and client certificates:
+          fedcore certs init --dir DIR --server-name NAME (--clients N | --client ID ...)
+          fedcore certs add-client --dir DIR --client ID
 """
 
 
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     if command == "sim":
         sim(rest)
         return
+    if command == "certs":
+        from fedcore.certs import certs_main
+
+        raise SystemExit(certs_main(rest))
     print(f"fedcore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)
 

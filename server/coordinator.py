@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from fedcore.server.ledger import Ledger
-from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
-from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update, describe
+from fedcore.server.ledger import Ledger
+from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
+from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
 
 class Driver(Protocol):

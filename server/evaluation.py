@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fedcore.server.experiment import Federation
-from fedcore.strategies.base import GlobalModel
 
 from fedcore.config import EvaluationConfig
+from fedcore.server.experiment import Federation
+from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer
 
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from fedcore.strategies.base import GlobalModel, Strategy
-from fedcore.strategies.registry import STRATEGIES, build_strategy
 from torch import nn
 
 from fedcore.config import ExperimentConfig
 from fedcore.data import FederatedDataset, Split, holdout_split, load_dataset, partition
 from fedcore.models import build_model, default_model
 from fedcore.params import ModelLayout, module_vectors
+from fedcore.strategies.base import GlobalModel, Strategy
+from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
 
 

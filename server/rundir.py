@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fedcore.server.plots import plot_metrics
-from fedcore.strategies.base import GlobalModel
 
 from fedcore.params import ModelLayout
 from fedcore.serialization import encode_many
+from fedcore.server.plots import plot_metrics
+from fedcore.strategies.base import GlobalModel
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedcore.profiles import ProfileSampler
+from fedcore.records import Task, Update
 from fedcore.server.coordinator import Coordinator, Publication, model_digest
 from fedcore.server.evaluation import Evaluator
 from fedcore.server.experiment import (
@@ -32,9 +35,6 @@ from fedcore.server.ledger import Ledger
 from fedcore.server.progress import ProgressDisplay
 from fedcore.server.rundir import RunDirectory
 from fedcore.strategies.base import GlobalModel
-
-from fedcore.profiles import ProfileSampler
-from fedcore.records import Task, Update
 from fedcore.training import LocalTrainer, planned_steps
 
 

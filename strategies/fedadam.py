@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 
+from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.typed_config import require
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedcore.strategies.base import Arrival, Strategy
-from fedcore.strategies.staleness import StalenessConfig, staleness_weight
-
 from fedcore.config import TrainingConfig
 from fedcore.records import Task
+from fedcore.strategies.base import Arrival, Strategy
+from fedcore.strategies.staleness import StalenessConfig, staleness_weight
 from fedcore.typed_config import require
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from fedcore.strategies.base import Arrival
-from fedcore.strategies.rounds import RoundConfig, SynchronousRounds
 
 from fedcore.kernels import StreamingAccumulator
+from fedcore.strategies.base import Arrival
+from fedcore.strategies.rounds import RoundConfig, SynchronousRounds
 
 
 @dataclass

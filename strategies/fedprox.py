@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
-
 from fedcore.records import Task
+from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.typed_config import require
 
 

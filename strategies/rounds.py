@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fedcore.strategies.base import Arrival, Strategy
 
 from fedcore.config import TrainingConfig
 from fedcore.records import Task
+from fedcore.strategies.base import Arrival, Strategy
 from fedcore.typed_config import require
 
 ROUND_TIMER = "round-deadline"

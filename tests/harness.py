@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
 from fedcore.params import ModelLayout, ParamSpec
 from fedcore.records import DenseDelta, Task, Update
+from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
 
 class ScriptedContext:

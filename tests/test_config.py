@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-from fedcore.server.experiment import parse_experiment
-from fedcore.strategies.fedprox import FedProxConfig
 from hydra.errors import ConfigCompositionException
 
+from fedcore.server.experiment import parse_experiment
+from fedcore.strategies.fedprox import FedProxConfig
 from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
 

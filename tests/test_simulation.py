@@ -2,10 +2,10 @@
 lazy clients, dropouts and worker pools."""
 
 import torch
+
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.simulation import Simulation, simulate
-
 from fedcore.training import LocalTrainer
 from tests.conftest import FAST, composed
 

@@ -5,14 +5,14 @@ import math
 
 import pytest
 import torch
+
+from fedcore.config import TrainingConfig
 from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
 from fedcore.strategies.fedprox import FedProx, FedProxConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
-
-from fedcore.config import TrainingConfig
 from tests.harness import ScriptedContext
 
 P = 257
