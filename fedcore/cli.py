@@ -1,12 +1,14 @@
-"""The `fedcore` command: `fedcore sim [hydra overrides]` and `fedcore certs ...`.
+"""The `fedcore` command: `sim` and `server` (Hydra configs), `client` and `certs` (argparse).
 
-`sim` hands its arguments to Hydra unchanged, so overrides, `-m` sweeps, `--cfg job` and
-`--help` behave as Hydra users expect.
+`sim` and `server` hand their arguments to Hydra unchanged, so overrides, `-m` sweeps,
+`--cfg job` and `--help` behave as Hydra users expect. `client` avoids Hydra entirely: the
+RISC-V userland has no hydra-core.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,46 +16,72 @@ USAGE = """usage: fedcore <command> [args]
 
 commands:
   sim     run a simulated federation: fedcore sim [key=value ...] [-m for sweeps]
+  server  run the coordinator: fedcore server [key=value ...] (deployment.address, deployment.certs)
+  client  run a client: fedcore client --server HOST:PORT --id ID --certs DIR --config RUN/config.yaml
   certs   make a CA, server and client certificates:
           fedcore certs init --dir DIR --server-name NAME (--clients N | --client ID ...)
           fedcore certs add-client --dir DIR --client ID
 """
 
 
-def _run_simulation(cfg: Any) -> None:
-    """Hydra task function: validate, run, and report errors without a traceback."""
+def _resolved(cfg: Any) -> tuple[dict[str, Any], Path]:
+    """The composed config as plain data, and the run directory Hydra chose."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from fedcore.data import DatasetUnavailable
-    from fedcore.server.simulation import simulate
-    from fedcore.typed_config import ConfigError
-
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
-    run_path = Path(HydraConfig.get().runtime.output_dir)
+    return {str(k): v for k, v in data.items()}, Path(HydraConfig.get().runtime.output_dir)
+
+
+def _reporting_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run; turn config and missing-data errors into one clear line and exit code 2."""
+    from fedcore.data import DatasetUnavailable
+    from fedcore.typed_config import ConfigError
+
     try:
-        summary = simulate({str(k): v for k, v in data.items()}, run_path)
+        return run()
     except (ConfigError, DatasetUnavailable) as exc:
         print(f"fedcore: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    final = summary["final"]
+
+
+def _run_simulation(cfg: Any) -> None:
+    """Hydra task function of `fedcore sim`."""
+    from fedcore.server.simulation import simulate
+
+    data, run_path = _resolved(cfg)
+    summary = _reporting_errors(lambda: simulate(data, run_path))
+    accuracy = summary["final"].get("test_accuracy", float("nan"))
     print(
-        f"done: {summary['stop_reason']}; test accuracy {final.get('test_accuracy', float('nan')):.4f} "
-        f"after {summary['versions']} versions, {summary['virtual_seconds']:.1f} simulated s; "
+        f"done: {summary['stop_reason']}; test accuracy {accuracy:.4f} after "
+        f"{summary['versions']} versions, {summary['virtual_seconds']:.1f} simulated s; "
         f"run directory {run_path}"
     )
 
 
-def sim(argv: list[str]) -> None:
-    """Run `fedcore sim` with Hydra parsing `argv`."""
+def _announce_port(port: int) -> None:
+    print(f"fedcore server listening on port {port}", flush=True)
+
+
+def _run_server(cfg: Any) -> None:
+    """Hydra task function of `fedcore server`: serve until the last model version."""
+    from fedcore.server.deployment import deploy
+
+    data, run_path = _resolved(cfg)
+    summary = _reporting_errors(lambda: deploy(data, run_path, _announce_port))
+    print(
+        f"done: {summary['stop_reason']}; {summary['versions']} versions; run directory {run_path}"
+    )
+
+
+def _hydra(task: Callable[[Any], None], name: str, argv: list[str]) -> None:
+    """Run a Hydra task function over the packaged configs with `argv` as its command line."""
     import hydra
 
-    main = hydra.main(config_path="pkg://fedcore.conf", config_name="config", version_base="1.3")(
-        _run_simulation
-    )
-    sys.argv = ["fedcore sim", *argv]
-    main()
+    main = hydra.main(config_path="pkg://fedcore.conf", config_name="config", version_base="1.3")
+    sys.argv = [f"fedcore {name}", *argv]
+    main(task)()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,14 +92,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     if command == "sim":
-        sim(rest)
-        return
-    if command == "certs":
+        _hydra(_run_simulation, command, rest)
+    elif command == "server":
+        _hydra(_run_server, command, rest)
+    elif command == "client":
+        from fedcore.clients.main import client_main
+
+        raise SystemExit(client_main(rest))
+    elif command == "certs":
         from fedcore.certs import certs_main
 
         raise SystemExit(certs_main(rest))
-    print(f"fedcore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    raise SystemExit(2)
+    else:
+        print(f"fedcore: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,34 @@ class TrainingConfig:
 
 
 @dataclass
+class DeploymentConfig:
+    """`fedcore server`: where it listens, its certificates, and liveness timing."""
+
+    address: str = "127.0.0.1:50051"
+    certs: str = "certs"
+    heartbeat_seconds: float = 2.0
+    liveness_timeout: float = 10.0
+    chunk_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        require(
+            self.heartbeat_seconds > 0, "heartbeat_seconds", "must be > 0", self.heartbeat_seconds
+        )
+        require(
+            self.liveness_timeout > self.heartbeat_seconds,
+            "liveness_timeout",
+            f"must exceed heartbeat_seconds ({self.heartbeat_seconds})",
+            self.liveness_timeout,
+        )
+        require(
+            4096 <= self.chunk_bytes <= 2 << 20,
+            "chunk_bytes",
+            "must be in [4096, 2 MiB]",
+            self.chunk_bytes,
+        )
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment, as `fedcore sim` and `fedcore server` run it."""
 
@@ -152,6 +180,7 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
 
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)

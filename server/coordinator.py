@@ -181,8 +181,7 @@ class Coordinator:
         try:
             delta = validate(update, task, self._layout, self.policy)
         except UpdateRejected as exc:
-            self._finish_task(task)
-            self.ledger.record("rejected", reason=str(exc), **entry)
+            self._refuse(task, str(exc), entry)
             return str(exc)
         base, _ = self._snapshots[task.version]
         self._finish_task(task)
@@ -198,6 +197,11 @@ class Coordinator:
         self.strategy.on_update(Arrival(update, delta, base, staleness))
         return None
 
+    def refuse(self, task: Task, reason: str) -> None:
+        """An upload for `task` was unusable before it could become an Update (e.g. malformed)."""
+        if self.outstanding.get(task.client_id) is task:
+            self._refuse(task, reason, {"client": task.client_id, "base_version": task.version})
+
     def timer(self, key: str) -> None:
         """A timer fired; stale ones (replaced or already served) are ignored."""
         if key in self._timers and self._timers[key] <= self.now and not self.finished:
@@ -205,6 +209,13 @@ class Coordinator:
             self.strategy.on_timer(key)
 
     # -- internals ---------------------------------------------------------------------------
+    def _refuse(self, task: Task, reason: str, entry: dict[str, Any]) -> None:
+        """Record the refusal; the task is over, so the strategy need not wait for it."""
+        self._finish_task(task)
+        self.ledger.record("rejected", reason=reason, **entry)
+        if not self.finished:
+            self.strategy.on_task_lost(task)
+
     def _finish_task(self, task: Task) -> None:
         del self.outstanding[task.client_id]
         self._release(task.version)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fedcore.config import EvaluationConfig
-from fedcore.server.experiment import Federation
+from fedcore.federation import Federation
 from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer
 

@@ -20,20 +20,17 @@ from typing import Any
 
 import torch
 
+from fedcore.federation import make_federation, model_builder
 from fedcore.profiles import ProfileSampler
 from fedcore.records import Task, Update
-from fedcore.server.coordinator import Coordinator, Publication, model_digest
-from fedcore.server.evaluation import Evaluator
+from fedcore.server.coordinator import Coordinator, Publication
 from fedcore.server.experiment import (
     Experiment,
     make_experiment,
-    make_federation,
-    model_builder,
     parse_experiment,
 )
 from fedcore.server.ledger import Ledger
-from fedcore.server.progress import ProgressDisplay
-from fedcore.server.rundir import RunDirectory
+from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer, planned_steps
 
@@ -231,55 +228,17 @@ def _train_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) ->
 def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, Any]:
     """Run the experiment `config_data` describes; write its run directory; return the summary."""
     experiment = make_experiment(config_data)
-    config = experiment.config
-    output = config.output
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(run_path / "ledger.jsonl" if run_path and output.ledger else None)
+    ledger = open_ledger(experiment, run_path)
     simulation = Simulation(experiment, config_data, ledger)
-    evaluator = Evaluator(simulation.trainer, experiment.federation, config.evaluation, config.seed)
-    run_dir = RunDirectory(run_path, config_data) if run_path is not None else None
-    title = f"{config.strategy['name']} on {config.dataset.name} ({config.partition.scheme})"
-    rows: list[dict[str, Any]] = []
-    with ProgressDisplay(config.rounds, title, output.progress) as progress:
-
-        def record(publication: Publication) -> None:
-            version = publication.model.version
-            if version % config.evaluation.every and not simulation.coordinator.finished:
-                return
-            row: dict[str, Any] = {
-                "version": version,
-                "time": round(publication.time, 6),
-                **{k: v for k, v in publication.info.items() if isinstance(v, int | float)},
-                "train_loss": publication.train_loss,
-                "accepted": publication.accepted,
-                "bytes_down": simulation.bytes_down,
-                "bytes_up": simulation.bytes_up,
-                **evaluator(publication.model),
-            }
-            rows.append(row)
-            if run_dir is not None:
-                run_dir.append(row)
-            progress.update(row)
-
-        result = simulation.run(record)
-    summary = {
-        "stop_reason": result.stop_reason,
-        "versions": result.final.version,
-        "virtual_seconds": result.virtual_seconds,
-        "bytes_down": result.bytes_down,
-        "bytes_up": result.bytes_up,
-        "final": rows[-1] if rows else {},
-        "ledger": dict(simulation.coordinator.ledger.counts),
-        "model_sha256": model_digest(result.final),
-    }
-    if run_dir is not None:
-        run_dir.finish(
-            result.final,
-            experiment.layout,
-            summary,
-            save_model=output.save_model,
-            plot=output.plot,
-            title=title,
-        )
-    return summary
+    report = RunReport(
+        experiment,
+        simulation.trainer,
+        config_data,
+        run_path,
+        lambda: (simulation.bytes_down, simulation.bytes_up),
+    )
+    with report:
+        result = simulation.run(report.record)
+    return report.finish(
+        result.final, ledger, stop_reason=result.stop_reason, virtual_seconds=result.virtual_seconds
+    )

@@ -60,14 +60,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ["heartbeat_seconds", "model_spec_json", "session"]
+    __slots__ = ["client_number", "heartbeat_seconds", "model_spec_json", "session"]
+    CLIENT_NUMBER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    client_number: int
     heartbeat_seconds: float
     model_spec_json: str
     session: str
-    def __init__(self, session: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ..., model_spec_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, session: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ..., model_spec_json: _Optional[str] = ..., client_number: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ["client_id", "num_examples", "profile"]

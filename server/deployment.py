@@ -1,0 +1,423 @@
+"""`fedcore server`: the coordinator behind a gRPC service on the wall clock.
+
+Every RPC handler is a coroutine on one asyncio loop, and so are the timers and the liveness
+check, so the coordinator and the strategy run single-threaded exactly as in simulation: no
+locks, no aggregation racing a timer, and no thread parked per waiting client (a long-polling
+GetTask is an awaiting coroutine, not a blocked worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from fedcore.certs import enrolled_clients, peer_client_id
+from fedcore.proto import coordinator_pb2 as pb
+from fedcore.proto import coordinator_pb2_grpc as pb_grpc
+from fedcore.records import DenseDelta, Task, Update
+from fedcore.serialization import FrameError
+from fedcore.server.coordinator import Coordinator
+from fedcore.server.experiment import make_experiment
+from fedcore.server.reporting import RunReport, open_ledger
+from fedcore.strategies.base import GlobalModel
+from fedcore.training import LocalTrainer
+from fedcore.wire import VectorAssembler, vector_frames
+
+MAX_CHUNK_BYTES = 2 << 20
+
+
+@dataclass
+class ClientSlot:
+    """What the server knows of one enrolled client."""
+
+    number: int
+    session: str = ""
+    last_seen: float = 0.0
+    profile: dict[str, Any] = field(default_factory=dict)
+    task_id: str = ""
+    task: Task | None = None
+    model: GlobalModel | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Refusal(Exception):
+    """An RPC refused for a reason the caller must see, with its gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class DeploymentDriver:
+    """Implements the coordinator's Driver on the asyncio loop and the wall clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started = loop.time()
+        self.coordinator: Coordinator | None = None
+        self.slots: dict[int, ClientSlot] = {}
+
+    def now(self) -> float:
+        """Seconds since the server started."""
+        return self.loop.time() - self.started
+
+    def send(self, task: Task, model: GlobalModel) -> None:
+        """Park the task in the client's slot and wake its long-poll."""
+        slot = self.slots[task.client_id]
+        slot.task_id = secrets.token_hex(16)
+        slot.task, slot.model = task, model
+        slot.wake.set()
+
+    def schedule(self, at: float, key: str) -> None:
+        """Fire `Coordinator.timer(key)` on the loop at server time `at`."""
+        assert self.coordinator is not None
+        self.loop.call_at(self.started + at, self.coordinator.timer, key)
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    """The gRPC face of the coordinator: authenticates every call, then feeds events in."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        driver: DeploymentDriver,
+        enrolled: list[str],
+        heartbeat_seconds: float,
+    ) -> None:
+        self.coordinator = coordinator
+        self.driver = driver
+        self.numbers = {client: number for number, client in enumerate(enrolled)}
+        self.names = dict(enumerate(enrolled))
+        for number in self.names:
+            driver.slots[number] = ClientSlot(number)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.bytes_down = 0
+        self.bytes_up = 0
+        layout = coordinator.layout
+        self.spec_json = json.dumps(
+            {"params": layout.params.to_json(), "buffers": layout.buffers.to_json()}
+        )
+
+    # -- authentication ------------------------------------------------------------------------
+    def _identify(
+        self, context: grpc.aio.ServicerContext, claimed: str, session: str | None
+    ) -> ClientSlot:
+        try:
+            identity = peer_client_id(context.auth_context())
+        except Exception:
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity"
+            ) from None
+        if identity not in self.numbers:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"client {identity!r} is not enrolled")
+        if claimed != identity:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate belongs to {identity!r}, request claims {claimed!r}",
+            )
+        slot = self.driver.slots[self.numbers[identity]]
+        if session is not None and session != slot.session:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "unknown session: join again")
+        slot.last_seen = self.driver.now()
+        return slot
+
+    @staticmethod
+    async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
+        await context.abort(refusal.code, str(refusal))
+
+    # -- RPCs ------------------------------------------------------------------------------------
+    async def Join(
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinReply:
+        """Register a (re)connecting client and make it available to the strategy."""
+        try:
+            slot = self._identify(context, request.client_id, None)
+        except Refusal as refusal:
+            await self._refuse(context, refusal)
+            raise
+        if slot.session and slot.number in self.coordinator.outstanding:
+            self.coordinator.client_gone(slot.number)
+        slot.session = secrets.token_hex(16)
+        slot.task = slot.model = None
+        slot.profile = {
+            "architecture": request.profile.architecture,
+            "device": request.profile.device_type,
+            "device_name": request.profile.device_name,
+            "cores": request.profile.cores,
+            "memory_bytes": request.profile.memory_bytes,
+            "step_seconds": request.profile.step_seconds,
+            "libraries": dict(request.profile.libraries),
+            "examples": request.num_examples,
+        }
+        self.coordinator.ledger.record(
+            "join", client=slot.number, name=request.client_id, profile=slot.profile
+        )
+        if slot.number not in self.coordinator.outstanding:
+            self.coordinator.client_idle(slot.number)
+        return pb.JoinReply(
+            session=slot.session,
+            heartbeat_seconds=self.heartbeat_seconds,
+            model_spec_json=self.spec_json,
+            client_number=slot.number,
+        )
+
+    async def Heartbeat(
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.HeartbeatReply:
+        """Refresh liveness."""
+        try:
+            self._identify(context, request.client_id, request.session)
+        except Refusal as refusal:
+            if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
+                await self._refuse(context, refusal)
+            return pb.HeartbeatReply(known=False)
+        return pb.HeartbeatReply(known=True)
+
+    async def GetTask(
+        self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TaskReply:
+        """Long-poll for the client's next task (at most `wait_seconds`, capped at 30 s)."""
+        try:
+            slot = self._identify(context, request.client_id, request.session)
+        except Refusal as refusal:
+            await self._refuse(context, refusal)
+            raise
+        if slot.task is None and not self.coordinator.finished:
+            slot.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.wake.wait(), timeout=min(30.0, request.wait_seconds))
+        if self.coordinator.finished and slot.task is None:
+            return pb.TaskReply(status=pb.TaskReply.DONE)
+        task = slot.task
+        if task is None:
+            return pb.TaskReply(status=pb.TaskReply.WAIT)
+        deadline = 0.0 if task.deadline is None else max(0.0, task.deadline - self.driver.now())
+        return pb.TaskReply(
+            status=pb.TaskReply.TASK,
+            task_id=slot.task_id,
+            version=task.version,
+            kind=str(task.kind),
+            local_steps=task.local_steps,
+            hyper=task.hyper,
+            seed=task.seed,
+            deadline_seconds=deadline,
+        )
+
+    async def DownloadModel(
+        self,
+        request: pb.DownloadRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.TensorChunk]:
+        """Stream the model the client's current task starts from, in bounded chunks."""
+        try:
+            slot = self._identify(context, request.client_id, request.session)
+            if slot.model is None or request.task_id != slot.task_id:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
+        except Refusal as refusal:
+            await self._refuse(context, refusal)
+            raise
+        chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
+        model = slot.model
+        for frame in vector_frames({"params": model.params, "buffers": model.buffers}, chunk):
+            self.bytes_down += len(frame)
+            yield pb.TensorChunk(frame=frame)
+
+    async def UploadUpdate(
+        self,
+        request_iterator: AsyncIterator[pb.UploadChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadReply:
+        """Reassemble, validate and deliver one update; refusals name their reason."""
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "upload must start with its header"
+            )
+            raise AssertionError
+        header = first.header
+        try:
+            slot = self._identify(context, header.client_id, header.session)
+            if slot.task is None or header.task_id != slot.task_id:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "upload names no outstanding task of this client (replayed or stale)",
+                )
+        except Refusal as refusal:
+            self.coordinator.ledger.record("refused", client=header.client_id, reason=str(refusal))
+            await self._refuse(context, refusal)
+            raise
+        task = slot.task
+        slot.task_id, slot.task, slot.model = "", None, None
+        layout = self.coordinator.layout
+        assembler = VectorAssembler(
+            {
+                "delta": (layout.params.numel, layout.params.dtype),
+                "buffers": (layout.buffers.numel, layout.buffers.dtype),
+            }
+        )
+        try:
+            async for part in request_iterator:
+                if not part.HasField("frame"):
+                    raise FrameError("a second header inside one upload")
+                self.bytes_up += len(part.frame)
+                assembler.add(part.frame)
+            vectors = assembler.result()
+        except FrameError as error:
+            reason = f"malformed upload: {error}"
+            self.coordinator.refuse(task, reason)
+            self._return(slot)
+            return pb.UploadReply(accepted=False, reason=reason)
+        update = Update(
+            client_id=slot.number,
+            base_version=header.base_version,
+            num_examples=header.num_examples,
+            payload=DenseDelta(vectors["delta"]),
+            buffers=vectors["buffers"],
+            local_steps=header.local_steps,
+            compute_seconds=header.compute_seconds,
+            wall_seconds=header.wall_seconds,
+            metrics=dict(header.metrics),
+        )
+        reason = self.coordinator.receive(update)
+        self._return(slot)
+        return pb.UploadReply(accepted=reason is None, reason=reason or "")
+
+    async def Leave(
+        self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaveReply:
+        """A client says goodbye; its outstanding task, if any, is lost."""
+        try:
+            slot = self._identify(context, request.client_id, request.session)
+        except Refusal as refusal:
+            await self._refuse(context, refusal)
+            raise
+        slot.session = ""
+        self.coordinator.client_gone(slot.number)
+        return pb.LeaveReply()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _return(self, slot: ClientSlot) -> None:
+        if slot.session and slot.number not in self.coordinator.outstanding:
+            self.coordinator.client_idle(slot.number)
+
+    async def watch_liveness(self, timeout: float) -> None:
+        """Declare clients gone when their heartbeats stop."""
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 3))
+            now = self.driver.now()
+            for slot in self.driver.slots.values():
+                if slot.session and now - slot.last_seen > timeout:
+                    slot.session = ""
+                    slot.task = slot.model = None
+                    self.coordinator.client_gone(slot.number)
+
+
+def server_credentials(cert_dir: Path) -> grpc.ServerCredentials:
+    """Mutual TLS: the server's certificate, and client certificates required from our CA."""
+    return grpc.ssl_server_credentials(
+        [((cert_dir / "server.key").read_bytes(), (cert_dir / "server.pem").read_bytes())],
+        root_certificates=(cert_dir / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def enrolled(cert_dir: Path) -> list[str]:
+    """Enrolled client names in enrolment order (their position is their partition index)."""
+    return list(enrolled_clients(cert_dir))
+
+
+async def serve(
+    service: CoordinatorService,
+    cert_dir: Path,
+    address: str,
+    *,
+    liveness_timeout: float,
+    ready: Callable[[int], None],
+) -> str:
+    """Run the service until training finishes (and clients are told DONE) or SIGTERM/SIGINT;
+    return why it stopped."""
+    coordinator, driver = service.coordinator, service.driver
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    port = server.add_secure_port(address, server_credentials(cert_dir))
+    stop = asyncio.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        driver.loop.add_signal_handler(signal_number, stop.set)
+    await server.start()
+    ready(port)
+    watcher = asyncio.ensure_future(service.watch_liveness(liveness_timeout))
+    coordinator.start()
+    reason = f"reached {coordinator.max_versions} model versions"
+    try:
+        while not coordinator.finished and not stop.is_set():
+            await asyncio.sleep(0.05)
+        if stop.is_set():
+            reason = "stopped by signal"
+        for slot in driver.slots.values():
+            slot.wake.set()
+        grace = time.monotonic() + 2 * service.heartbeat_seconds
+        while time.monotonic() < grace and any(s.session for s in driver.slots.values()):
+            await asyncio.sleep(0.05)
+    finally:
+        watcher.cancel()
+        await server.stop(grace=1.0)
+    return reason
+
+
+def deploy(
+    config_data: dict[str, Any], run_path: Path | None, ready: Callable[[int], None]
+) -> dict[str, Any]:
+    """Run `fedcore server` for the experiment `config_data` describes; return the summary."""
+    experiment = make_experiment(config_data)
+    config = experiment.config.deployment
+    cert_dir = Path(config.certs)
+    ledger = open_ledger(experiment, run_path)
+
+    async def main() -> dict[str, Any]:
+        driver = DeploymentDriver(asyncio.get_running_loop())
+        coordinator = Coordinator(
+            experiment.strategy,
+            experiment.layout,
+            experiment.initial,
+            driver,
+            max_versions=experiment.config.rounds,
+            ledger=ledger,
+            hash_models=True,
+        )
+        driver.coordinator = coordinator
+        service = CoordinatorService(
+            coordinator, driver, enrolled(cert_dir), config.heartbeat_seconds
+        )
+        report = RunReport(
+            experiment,
+            LocalTrainer(experiment.build_model),
+            config_data,
+            run_path,
+            lambda: (service.bytes_down, service.bytes_up),
+        )
+        coordinator.listeners.append(report.record)
+        with report:
+            reason = await serve(
+                service,
+                cert_dir,
+                config.address,
+                liveness_timeout=config.liveness_timeout,
+                ready=ready,
+            )
+        ledger.close()
+        return report.finish(coordinator.model, ledger, stop_reason=reason, seconds=driver.now())
+
+    return asyncio.run(main())

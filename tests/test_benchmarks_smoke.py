@@ -1,0 +1,45 @@
+"""The benchmarks still run: each in --quick mode, its JSON holding the keys reports rely on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run_all import BENCHMARKS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_KEYS = {
+    "aggregation": {"cpu", "cuda", "target_ratio", "repeats"},
+    "simulation_overhead": {"best", "runs", "targets", "model_params", "overrides"},
+    "memory": {"cases", "per_client_bytes", "peak_target_bytes", "baseline_clients"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / f"{name}.json").read_text())
+    assert {"benchmark", "quick", "environment", "passed"} | EXPECTED_KEYS[name] <= set(result)
+    assert result["benchmark"] == name and result["quick"] is True
+    assert BENCHMARKS[name](result), "the run_all summary has no rows for this result"
+    if name == "aggregation":
+        for row in result["cpu"]:
+            assert set(row["gbps"]) == {"copy", "streaming", "batch"}
+            assert row["max_abs_difference"] < 1e-4
+    elif name == "simulation_overhead":
+        assert 90_000 <= result["model_params"] <= 110_000
+        assert result["best"]["round_mean_s"] > result["best"]["training_mean_s"] > 0
+    else:
+        assert [case["num_clients"] for case in result["cases"]] == [100, 1000]
+        assert all(case["peak_rss_bytes"] > 0 for case in result["cases"])

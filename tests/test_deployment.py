@@ -1,0 +1,131 @@
+"""`fedcore server` and `fedcore client` as real processes over mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fedcore.certs import certs_main
+from fedcore.serialization import decode_many
+from fedcore.server.experiment import make_experiment
+from fedcore.server.ledger import read_ledger
+from fedcore.server.simulation import Simulation
+
+pytestmark = pytest.mark.slow
+
+SERVER_ARGS = [
+    "dataset=synthetic",
+    "model=mlp",
+    "num_clients=4",
+    "clients_per_round=4",
+    "rounds=3",
+    "training.local_steps=5",
+    "output.progress=plain",
+    "evaluation.federated_clients=2",
+    "deployment.address=127.0.0.1:0",
+    "deployment.heartbeat_seconds=0.5",
+    "deployment.liveness_timeout=3.0",
+]
+
+
+def _fedcore(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedcore.cli", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _port(server: subprocess.Popen[str]) -> int:
+    assert server.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in server.stdout:
+        found = re.search(r"listening on port (\d+)", line)
+        if found:
+            return int(found.group(1))
+        assert time.monotonic() < deadline, "server did not start"
+    raise AssertionError(f"server exited with {server.wait()}")
+
+
+@pytest.fixture(scope="module")
+def federation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One server and four clients, run to completion; returns the server's run directory."""
+    root = tmp_path_factory.mktemp("deploy")
+    assert (
+        certs_main(
+            ["init", "--dir", str(root / "certs"), "--server-name", "localhost", "--clients", "4"]
+        )
+        == 0
+    )
+    server = _fedcore(
+        "server",
+        *SERVER_ARGS,
+        f"deployment.certs={root / 'certs'}",
+        f"hydra.run.dir={root / 'run'}",
+        cwd=root,
+    )
+    port = _port(server)
+    clients = [
+        _fedcore(
+            "client",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--id",
+            f"client-{i}",
+            "--certs",
+            str(root / "certs"),
+            "--config",
+            str(root / "run" / "config.yaml"),
+            "--server-name",
+            "localhost",
+            cwd=root,
+        )
+        for i in range(4)
+    ]
+    outputs = [c.communicate(timeout=240)[0] for c in clients]
+    server_output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, server_output
+    for client, output in zip(clients, outputs, strict=True):
+        assert client.returncode == 0, output
+        assert "done, 3 updates accepted" in output
+    return root / "run"
+
+
+def test_federation_over_mutual_tls_completes_with_every_update_accepted(
+    federation_run: Path,
+) -> None:
+    entries = read_ledger(federation_run / "ledger.jsonl")
+    assert sum(e["event"] == "accepted" for e in entries) == 12
+    assert not [e for e in entries if e["event"] in ("rejected", "refused", "lost")]
+    assert [e["version"] for e in entries if e["event"] == "model"] == [1, 2, 3]
+    joins = [e for e in entries if e["event"] == "join"]
+    assert sorted(e["name"] for e in joins) == [f"client-{i}" for i in range(4)]
+    assert all(e["profile"]["step_seconds"] > 0 for e in joins)
+
+
+def test_deployment_reaches_the_simulation_model(federation_run: Path) -> None:
+    """Same config and seed: same cohorts, task seeds and local training; FedAvg folds the four
+    fp32 updates in network arrival order instead of the simulation's event order, so the
+    models agree to float32 rounding (1e-6), not bit for bit."""
+    config = yaml.safe_load((federation_run / "config.yaml").read_text())
+    experiment = make_experiment(config)
+    simulated = Simulation(experiment, config).run().final
+    tensors = decode_many((federation_run / "model.fct").read_bytes())
+    deployed = experiment.layout.params.flatten(
+        {
+            name.removeprefix("params/"): t
+            for name, t in tensors.items()
+            if name.startswith("params/")
+        }
+    )
+    assert not torch.equal(deployed, experiment.initial.params)
+    assert torch.allclose(deployed, simulated.params, atol=1e-6, rtol=0)
