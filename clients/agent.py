@@ -83,6 +83,7 @@ class ClientAgent:
         self.number = -1
         self.connected_once = False
         self._stop_heartbeat = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
@@ -107,6 +108,8 @@ class ClientAgent:
                 backoff *= 2
             finally:
                 self._stop_heartbeat.set()
+                if self._heartbeat_thread is not None:
+                    self._heartbeat_thread.join()
                 channel.close()
 
     def _raise_if_fatal(self, error: grpc.RpcError) -> None:
@@ -127,11 +130,12 @@ class ClientAgent:
         self.connected_once = True
         self.session, self.number = reply.session, reply.client_number
         self._stop_heartbeat = threading.Event()
-        threading.Thread(
+        self._heartbeat_thread = threading.Thread(
             target=self._heartbeat,
             args=(stub, reply.heartbeat_seconds, self._stop_heartbeat),
             daemon=True,
-        ).start()
+        )
+        self._heartbeat_thread.start()
 
     def _heartbeat(
         self, stub: pb_grpc.CoordinatorStub, every: float, stop: threading.Event

@@ -22,6 +22,15 @@ class ValidationPolicy:
     max_delta_norm: float = 0.0
 
 
+def all_finite(vector: torch.Tensor) -> bool:
+    """No NaN or Inf: checked through min and max (a NaN or an infinity shows up in one of
+    them), several times faster than materialising isfinite() over the whole vector."""
+    if vector.numel() == 0:
+        return True
+    low, high = torch.aminmax(vector)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def validate(
     update: Update, task: Task, layout: ModelLayout, policy: ValidationPolicy
 ) -> torch.Tensor:
@@ -40,7 +49,7 @@ def validate(
         raise UpdateRejected(f"payload does not fit the model: {exc}") from None
     if delta.dtype != layout.params.dtype:
         raise UpdateRejected(f"delta dtype {delta.dtype}, model dtype {layout.params.dtype}")
-    if not bool(torch.isfinite(delta).all()):
+    if not all_finite(delta):
         raise UpdateRejected("delta contains NaN or Inf")
     if policy.max_delta_norm and float(delta.norm()) > policy.max_delta_norm:
         raise UpdateRejected(
@@ -48,7 +57,7 @@ def validate(
         )
     buffers = update.buffers
     if buffers is not None and (
-        buffers.shape != (layout.buffers.numel,) or not bool(torch.isfinite(buffers).all())
+        buffers.shape != (layout.buffers.numel,) or not all_finite(buffers)
     ):
         raise UpdateRejected(f"buffers must be {layout.buffers.numel} finite values")
     return delta

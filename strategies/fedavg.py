@@ -34,9 +34,10 @@ class FedAvg(SynchronousRounds):
         self._buffers: StreamingAccumulator | None = None
 
     def reset_round(self) -> None:
-        """Start empty accumulators (allocated lazily on the first arrival)."""
-        self._deltas = None
-        self._buffers = None
+        """Empty the accumulators, kept across rounds (allocated on the first arrival)."""
+        if self._deltas is not None and self._buffers is not None:
+            self._deltas.reset()
+            self._buffers.reset()
 
     def weight_of(self, arrival: Arrival) -> float:
         """An arrival's aggregation weight."""
@@ -58,6 +59,8 @@ class FedAvg(SynchronousRounds):
             raise RuntimeError("aggregate called with no arrivals")
         model = self.ctx.model
         buffers = self._buffers
+        if self._deltas.count == 0:
+            raise RuntimeError("aggregate called with no arrivals")
         new_buffers = buffers.mean() if buffers is not None and buffers.count else model.buffers
         return self.server_step(model.params, self._deltas.mean()), new_buffers
 

@@ -14,7 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_KEYS = {
     "aggregation": {"cpu", "cuda", "target_ratio", "repeats"},
     "simulation_overhead": {"best", "runs", "targets", "model_params", "overrides"},
-    "memory": {"cases", "per_client_bytes", "peak_target_bytes", "baseline_clients"},
+    "memory": {
+        "cases",
+        "per_client_bytes",
+        "peak_target_bytes",
+        "baseline_clients",
+        "rss_import_torch_only_bytes",
+    },
 }
 
 

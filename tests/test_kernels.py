@@ -68,3 +68,13 @@ def test_cuda_streaming_matches_cpu():
     assert torch.allclose(gpu.mean().cpu(), cpu.mean(), atol=1e-6, rtol=1e-5)
     on_device = weighted_sum(stacked.cuda(), weights.cuda()).cpu()
     assert torch.allclose(on_device, weighted_sum(stacked, weights), atol=1e-4, rtol=1e-5)
+
+
+def test_reset_empties_in_place():
+    acc = StreamingAccumulator(4)
+    acc.add(torch.ones(4), 2.0)
+    storage = acc.sum.data_ptr()
+    acc.reset()
+    assert acc.count == 0 and acc.weight == 0.0 and acc.sum.data_ptr() == storage
+    acc.add(torch.full((4,), 3.0), 1.0)
+    assert torch.equal(acc.mean(), torch.full((4,), 3.0))

@@ -23,6 +23,12 @@ class StreamingAccumulator:
         self.count = 0
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event]] = []
 
+    def reset(self) -> None:
+        """Empty the accumulator in place (no reallocation between rounds)."""
+        self.sum.zero_()
+        self.weight = 0.0
+        self.count = 0
+
     def add(self, vector: torch.Tensor, weight: float) -> None:
         """Fold `weight * vector` into the running sum."""
         if vector.shape != self.sum.shape:

@@ -1,0 +1,277 @@
+"""FedAvg aggregation throughput: the streaming and batch kernels against a plain memory copy.
+
+For each case the N float32 updates of P parameters are generated once, as a stacked [N, P]
+tensor, and three things are timed, interleaved, best of `REPEATS`:
+
+- copy: `dst.copy_(stacked)`, the memory-bandwidth baseline;
+- streaming: what FedAvg runs per round, `StreamingAccumulator(P)`, `.add(update, weight)` per
+  update, then `.mean()`;
+- batch: `weighted_sum(stacked, weights) / weights.sum()`.
+
+Speeds are GB/s of update bytes read (N * P * 4 / seconds); the target is streaming at least
+`TARGET_RATIO` of the copy's speed in the cases marked as targeted. With CUDA the same cases
+also run on the device: the streaming path with host updates (against a host-to-device copy of
+the same bytes) and with updates already there (against a device-to-device copy).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    GB,
+    best_times,
+    environment,
+    make_parser,
+    no_sync,
+    print_table,
+    verdict,
+    write_result,
+)
+from fedcore.kernels import StreamingAccumulator, weighted_sum
+
+NAME = "aggregation"
+REPEATS = 5
+TARGET_RATIO = 0.6
+QUICK_DIVISOR = 20
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """N client updates of P float32 parameters; `targeted` cases are held to TARGET_RATIO."""
+
+    clients: int
+    params: int
+    targeted: bool
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of update data one aggregation reads."""
+        return self.clients * self.params * 4
+
+    @property
+    def label(self) -> str:
+        """`N x P` with P in k or M."""
+        params = self.params
+        size = f"{params / 1e6:g}M" if params >= 1_000_000 else f"{params / 1e3:g}k"
+        return f"{self.clients} x {size}"
+
+
+CASES = (
+    Case(10, 10_000_000, targeted=False),
+    Case(100, 1_000_000, targeted=True),
+    Case(1000, 100_000, targeted=False),
+    Case(50, 25_000_000, targeted=True),
+)
+
+
+def make_updates(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """The case's updates as one stacked [N, P] tensor, and example-count weights [N]."""
+    generator = torch.Generator().manual_seed(SEED)
+    stacked = torch.empty(case.clients, case.params).uniform_(-1.0, 1.0, generator=generator)
+    weights = torch.randint(1, 1000, (case.clients,), generator=generator).float()
+    return stacked, weights
+
+
+def streaming_mean(
+    updates: Sequence[torch.Tensor], weights: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """The weighted mean exactly as FedAvg folds a round: one accumulator, one add per update."""
+    accumulator = StreamingAccumulator(updates[0].numel(), device)
+    for update, weight in zip(updates, weights, strict=True):
+        accumulator.add(update, weight)
+    return accumulator.mean()
+
+
+def batch_mean(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted mean of a stacked [N, P] block as one GEMV."""
+    return weighted_sum(stacked, weights) / weights.sum()
+
+
+def measure(
+    case: Case,
+    candidates: dict[str, Callable[[], object]],
+    baselines: dict[str, str],
+    sync: Callable[[], None] = no_sync,
+) -> dict[str, Any]:
+    """Time the candidates; return GB/s of each and each measured one's ratio to its baseline."""
+    seconds = best_times(candidates, REPEATS, sync)
+    gbps = {name: case.nbytes / elapsed / GB for name, elapsed in seconds.items()}
+    return {
+        "clients": case.clients,
+        "params": case.params,
+        "update_bytes": case.nbytes,
+        "seconds": seconds,
+        "gbps": gbps,
+        "ratio": {name: gbps[name] / gbps[base] for name, base in baselines.items()},
+    }
+
+
+def cpu_case(case: Case, stacked: torch.Tensor, weights: torch.Tensor) -> dict[str, Any]:
+    """Copy, streaming and batch aggregation of one case on the CPU."""
+    cpu = torch.device("cpu")
+    updates = list(stacked.unbind(0))
+    floats = weights.tolist()
+    copy_into = torch.empty_like(stacked)
+    row = measure(
+        case,
+        {
+            "copy": lambda: copy_into.copy_(stacked),
+            "streaming": lambda: streaming_mean(updates, floats, cpu),
+            "batch": lambda: batch_mean(stacked, weights),
+        },
+        {"streaming": "copy", "batch": "copy"},
+    )
+    difference = streaming_mean(updates, floats, cpu) - batch_mean(stacked, weights)
+    row["max_abs_difference"] = float(difference.abs().max())
+    row["targeted"] = case.targeted
+    row["passed"] = row["ratio"]["streaming"] >= TARGET_RATIO if case.targeted else None
+    return row
+
+
+def cuda_case(case: Case, stacked: torch.Tensor, weights: torch.Tensor) -> dict[str, Any]:
+    """Streaming aggregation on CUDA from host and from device updates, and the batch GEMV."""
+    cuda = torch.device("cuda")
+    on_device = stacked.to(cuda)
+    device_weights = weights.to(cuda)
+    host_updates = list(stacked.unbind(0))
+    device_updates = list(on_device.unbind(0))
+    floats = weights.tolist()
+    copy_into = torch.empty_like(on_device)
+    row = measure(
+        case,
+        {
+            "host_to_device_copy": lambda: copy_into.copy_(stacked),
+            "device_copy": lambda: copy_into.copy_(on_device),
+            "streaming_host_updates": lambda: streaming_mean(host_updates, floats, cuda),
+            "streaming_device_updates": lambda: streaming_mean(device_updates, floats, cuda),
+            "batch_device": lambda: batch_mean(on_device, device_weights),
+        },
+        {
+            "streaming_host_updates": "host_to_device_copy",
+            "streaming_device_updates": "device_copy",
+            "batch_device": "device_copy",
+        },
+        torch.cuda.synchronize,
+    )
+    reference = batch_mean(stacked, weights)
+    row["max_abs_difference"] = {
+        "streaming_host_updates": float(
+            (streaming_mean(host_updates, floats, cuda).cpu() - reference).abs().max()
+        ),
+        "streaming_device_updates": float(
+            (streaming_mean(device_updates, floats, cuda).cpu() - reference).abs().max()
+        ),
+    }
+    return row
+
+
+def cpu_table(rows: list[dict[str, Any]], cases: Sequence[Case]) -> None:
+    """Print the CPU results."""
+    print_table(
+        f"FedAvg aggregation on the CPU (GB/s of update bytes read, best of {REPEATS})",
+        ["N x P", "GB", "copy", "streaming", "batch", "stream/copy", "batch/copy", "target"],
+        [
+            [
+                case.label,
+                f"{row['update_bytes'] / GB:.2f}",
+                f"{row['gbps']['copy']:.2f}",
+                f"{row['gbps']['streaming']:.2f}",
+                f"{row['gbps']['batch']:.2f}",
+                f"{row['ratio']['streaming']:.2f}x",
+                f"{row['ratio']['batch']:.2f}x",
+                "-" if row["passed"] is None else f">= {TARGET_RATIO}x {verdict(row['passed'])}",
+            ]
+            for case, row in zip(cases, rows, strict=True)
+        ],
+    )
+
+
+def cuda_table(rows: list[dict[str, Any]], cases: Sequence[Case], device: str) -> None:
+    """Print the CUDA results."""
+    print_table(
+        f"FedAvg aggregation on {device} (GB/s of update bytes read, best of {REPEATS})",
+        [
+            "N x P",
+            "H2D copy",
+            "D2D copy",
+            "stream host",
+            "stream device",
+            "batch device",
+            "host/H2D",
+            "device/D2D",
+            "batch/D2D",
+        ],
+        [
+            [
+                case.label,
+                *(
+                    f"{row['gbps'][name]:.1f}"
+                    for name in (
+                        "host_to_device_copy",
+                        "device_copy",
+                        "streaming_host_updates",
+                        "streaming_device_updates",
+                        "batch_device",
+                    )
+                ),
+                *(
+                    f"{row['ratio'][name]:.2f}x"
+                    for name in (
+                        "streaming_host_updates",
+                        "streaming_device_updates",
+                        "batch_device",
+                    )
+                ),
+            ]
+            for case, row in zip(cases, rows, strict=True)
+        ],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run every case (scaled down with --quick), print the tables, write the JSON result."""
+    args = make_parser("FedAvg aggregation throughput against a memory copy.").parse_args(argv)
+    env = environment()
+    cases = [
+        replace(case, params=case.params // QUICK_DIVISOR) if args.quick else case for case in CASES
+    ]
+    has_cuda = torch.cuda.is_available()
+    cpu_rows: list[dict[str, Any]] = []
+    cuda_rows: list[dict[str, Any]] = []
+    for case in cases:
+        stacked, weights = make_updates(case)
+        cpu_rows.append(cpu_case(case, stacked, weights))
+        if has_cuda:
+            cuda_rows.append(cuda_case(case, stacked, weights))
+            torch.cuda.empty_cache()
+        del stacked, weights
+        gc.collect()
+    cpu_table(cpu_rows, cases)
+    if has_cuda:
+        cuda_table(cuda_rows, cases, torch.cuda.get_device_name())
+    targeted = [row["passed"] for row in cpu_rows if row["passed"] is not None]
+    result = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "environment": env,
+        "repeats": REPEATS,
+        "target_ratio": TARGET_RATIO,
+        "cpu": cpu_rows,
+        "cuda": {"device": torch.cuda.get_device_name(), "cases": cuda_rows}
+        if has_cuda
+        else "not available",
+        "passed": all(targeted),
+    }
+    print(f"streaming >= {TARGET_RATIO}x copy in the targeted cases: {verdict(all(targeted))}")
+    print(f"wrote {write_result(NAME, result, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Runtime overhead of the simulation: time to the first round, and seconds per round.
+
+1,000 clients, 100 per round, one local SGD step each of a ~100k-parameter MLP on synthetic
+data, no evaluation and no run directory. Each of `RUNS` measurements is a fresh process
+(`--child`) that composes the config, builds the experiment, runs `Simulation` with a listener
+on its coordinator and `LocalTrainer.train` wrapped in a timer, and then, as the baseline,
+runs the same number of local steps (one LocalTrainer, one task per cohort member) in a plain
+loop, best of `REPEATS`. The parent reports the best run (lowest median round): process start
+to the first published model (the fastest of the runs), in-process setup to the first model,
+mean and median seconds per later round, their split into local training and everything else,
+and the runtime overhead against the plain loop (median round minus plain loop, and their
+ratio). The round target is judged on the median and on the mean: on a shared machine the
+mean also carries the stalls that other processes' load causes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import (
+    best_times,
+    composed_config,
+    environment,
+    make_parser,
+    print_table,
+    run_child,
+    verdict,
+    write_result,
+)
+from fedcore.records import Task, Update
+from fedcore.server.coordinator import Publication
+from fedcore.server.experiment import Experiment, make_experiment
+from fedcore.server.simulation import Simulation
+from fedcore.training import LocalTrainer
+
+NAME = "simulation_overhead"
+MODULE = f"benchmarks.{NAME}"
+RUNS = 3
+REPEATS = 3
+ROUND_TARGET_S = 0.3
+FIRST_ROUND_TARGET_S = 3.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The size of the simulated federation."""
+
+    num_clients: int
+    clients_per_round: int
+    rounds: int
+    num_train: int
+
+
+FULL = Shape(num_clients=1000, clients_per_round=100, rounds=20, num_train=60_000)
+QUICK = Shape(num_clients=100, clients_per_round=10, rounds=5, num_train=6_000)
+# 100 inputs -> 900 hidden -> 10 classes: 100*900 + 900 + 900*10 + 10 = 99,910 parameters.
+MODEL = ["model=mlp", "++model.options.hidden=[900]"]
+
+
+def overrides(shape: Shape) -> list[str]:
+    """The Hydra overrides of the measured experiment."""
+    return [
+        "dataset=synthetic",
+        f"dataset.options.num_train={shape.num_train}",
+        "++dataset.options.in_features=100",
+        *MODEL,
+        f"num_clients={shape.num_clients}",
+        f"clients_per_round={shape.clients_per_round}",
+        f"rounds={shape.rounds}",
+        "training.local_steps=1",
+        "partition=iid",
+        f"evaluation.every={shape.rounds}",
+        "evaluation.federated_clients=0",
+        "output.progress=off",
+    ]
+
+
+class TimedTrain:
+    """Wraps `LocalTrainer.train`, adding up the seconds spent inside it."""
+
+    def __init__(self, train: Callable[..., Update]) -> None:
+        self.train = train
+        self.seconds = 0.0
+
+    def __call__(self, *args: Any) -> Update:
+        """Train, timed."""
+        started = time.perf_counter()
+        try:
+            return self.train(*args)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def plain_training_seconds(experiment: Experiment, clients: int) -> float:
+    """Best seconds for one LocalTrainer to run `clients` tasks from the initial model."""
+    config = experiment.config
+    trainer = LocalTrainer(experiment.build_model)
+    rng = np.random.default_rng(config.seed)
+    tasks: list[Task] = [config.training.task(client, 0, rng) for client in range(clients)]
+    splits = [experiment.federation.train_split(client) for client in range(clients)]
+    initial = experiment.initial
+
+    def loop() -> None:
+        for task, data in zip(tasks, splits, strict=True):
+            trainer.train(task, initial.params, initial.buffers, data)
+
+    return best_times({"plain": loop}, REPEATS)["plain"]
+
+
+def child(shape: Shape) -> dict[str, Any]:
+    """One measurement in this (fresh) process: setup, the timed simulation, the baseline."""
+    started = time.perf_counter()
+    config = composed_config(*overrides(shape))
+    composed = time.perf_counter()
+    experiment = make_experiment(config)
+    built = time.perf_counter()
+    simulation = Simulation(experiment, config)
+    timed_train = TimedTrain(simulation.trainer.train)
+    simulation.trainer.train = timed_train
+    ready = time.perf_counter()
+    marks: list[tuple[float, float]] = []
+    first_round_wall: list[float] = []
+
+    def on_publish(publication: Publication) -> None:
+        if not marks:
+            first_round_wall.append(time.time())
+        marks.append((time.perf_counter(), timed_train.seconds))
+
+    result = simulation.run(on_publish)
+    rounds = [later[0] - earlier[0] for earlier, later in itertools.pairwise(marks)]
+    training = [later[1] - earlier[1] for earlier, later in itertools.pairwise(marks)]
+    return {
+        "model_params": experiment.layout.params.numel,
+        "versions": result.final.version,
+        "first_round_wall": first_round_wall[0],
+        "setup_phases_s": {
+            "compose_config": composed - started,
+            "make_experiment": built - composed,
+            "simulation_init": ready - built,
+            "first_round": marks[0][0] - ready,
+        },
+        "setup_to_first_round_s": marks[0][0] - started,
+        "first_round_training_s": marks[0][1],
+        "round_s": rounds,
+        "round_training_s": training,
+        "plain_training_s": plain_training_seconds(experiment, shape.clients_per_round),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def summarize(run: dict[str, Any]) -> dict[str, Any]:
+    """Per-run statistics from a child's raw measurements."""
+    rounds, training = run["round_s"], run["round_training_s"]
+    overhead = [total - train for total, train in zip(rounds, training, strict=True)]
+    median_round = statistics.median(rounds)
+    return {
+        "process_start_to_first_round_s": run["first_round_wall"] - run["spawned_at"],
+        "setup_to_first_round_s": run["setup_to_first_round_s"],
+        "setup_phases_s": run["setup_phases_s"],
+        "first_round_training_s": run["first_round_training_s"],
+        "round_mean_s": statistics.mean(rounds),
+        "round_median_s": median_round,
+        "round_min_s": min(rounds),
+        "training_mean_s": statistics.mean(training),
+        "overhead_mean_s": statistics.mean(overhead),
+        "overhead_median_s": statistics.median(overhead),
+        "plain_training_s": run["plain_training_s"],
+        "runtime_overhead_s": median_round - run["plain_training_s"],
+        "round_to_plain_ratio": median_round / run["plain_training_s"],
+        "rounds_measured": len(rounds),
+    }
+
+
+def report(best: dict[str, Any], runs: Sequence[dict[str, Any]], shape: Shape) -> None:
+    """Print the per-run table and the verdicts."""
+    ms = 1e3
+    print_table(
+        f"Simulation, {shape.num_clients} clients, {shape.clients_per_round} per round, "
+        f"1 local step ({RUNS} fresh processes; per-round figures over rounds 2-{shape.rounds})",
+        [
+            "run",
+            "start->1st (s)",
+            "setup->1st (s)",
+            "round mean (ms)",
+            "round median (ms)",
+            "training (ms)",
+            "other (ms)",
+            "plain loop (ms)",
+            "median-plain (ms)",
+            "median/plain",
+        ],
+        [
+            [
+                label,
+                f"{run['process_start_to_first_round_s']:.2f}",
+                f"{run['setup_to_first_round_s']:.2f}",
+                f"{run['round_mean_s'] * ms:.1f}",
+                f"{run['round_median_s'] * ms:.1f}",
+                f"{run['training_mean_s'] * ms:.1f}",
+                f"{run['overhead_mean_s'] * ms:.1f}",
+                f"{run['plain_training_s'] * ms:.1f}",
+                f"{run['runtime_overhead_s'] * ms:.1f}",
+                f"{run['round_to_plain_ratio']:.2f}x",
+            ]
+            for label, run in [*((str(i + 1), run) for i, run in enumerate(runs)), ("best", best)]
+        ],
+    )
+    phases = ", ".join(f"{k} {v:.3f} s" for k, v in best["setup_phases_s"].items())
+    print(f"setup phases (fastest run): {phases}")
+    for statistic in ("median", "mean"):
+        seconds = best[f"round_{statistic}_s"]
+        print(
+            f"round time ({statistic}) {seconds * ms:.1f} ms <= {ROUND_TARGET_S * ms:.0f} ms: "
+            f"{verdict(seconds <= ROUND_TARGET_S)}"
+        )
+    print(
+        f"process start to first round {best['process_start_to_first_round_s']:.2f} s "
+        f"<= {FIRST_ROUND_TARGET_S:.0f} s: "
+        f"{verdict(best['process_start_to_first_round_s'] <= FIRST_ROUND_TARGET_S)}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Measure in fresh processes (or be one, with --child), report, write the JSON result."""
+    parser = make_parser("Runtime overhead per round and time to the first round.")
+    parser.add_argument("--child", action="store_true", help="internal: one measurement")
+    args = parser.parse_args(argv)
+    shape = QUICK if args.quick else FULL
+    if args.child:
+        print(json.dumps(child(shape)))
+        return
+    env = environment()
+    raw = [run_child(MODULE, "--child", *(["--quick"] if args.quick else [])) for _ in range(RUNS)]
+    runs = [summarize(run) for run in raw]
+    fastest = min(runs, key=lambda run: run["round_median_s"])
+    quickest_start = min(runs, key=lambda run: run["setup_to_first_round_s"])
+    best = {
+        **fastest,
+        "process_start_to_first_round_s": min(
+            run["process_start_to_first_round_s"] for run in runs
+        ),
+        "setup_to_first_round_s": quickest_start["setup_to_first_round_s"],
+        "setup_phases_s": quickest_start["setup_phases_s"],
+        "first_round_training_s": quickest_start["first_round_training_s"],
+    }
+    report(best, runs, shape)
+    result = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "environment": env,
+        "shape": asdict(shape),
+        "overrides": overrides(shape),
+        "model_params": raw[0]["model_params"],
+        "child_torch_threads": raw[0]["torch_threads"],
+        "runs": runs,
+        "raw": raw,
+        "best": best,
+        "targets": {"round_s": ROUND_TARGET_S, "first_round_s": FIRST_ROUND_TARGET_S},
+        "passed": {
+            "round_median": best["round_median_s"] <= ROUND_TARGET_S,
+            "round_mean": best["round_mean_s"] <= ROUND_TARGET_S,
+            "first_round": best["process_start_to_first_round_s"] <= FIRST_ROUND_TARGET_S,
+        },
+    }
+    print(f"model parameters: {result['model_params']:,}")
+    print(f"wrote {write_result(NAME, result, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
