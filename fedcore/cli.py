@@ -35,13 +35,14 @@ def _resolved(cfg: Any) -> tuple[dict[str, Any], Path]:
 
 
 def _reporting_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run; turn config and missing-data errors into one clear line and exit code 2."""
+    """Run; turn config, missing-data and certificate errors into one clear line and exit 2."""
+    from fedcore.certs import CertError
     from fedcore.data import DatasetUnavailable
     from fedcore.typed_config import ConfigError
 
     try:
         return run()
-    except (ConfigError, DatasetUnavailable) as exc:
+    except (ConfigError, DatasetUnavailable, CertError) as exc:
         print(f"fedcore: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

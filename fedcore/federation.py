@@ -41,16 +41,19 @@ def make_federation(config: ExperimentConfig) -> Federation:
         raise ConfigError(
             f"partition.scheme: dataset {config.dataset.name!r} has no natural clients"
         )
-    parts = partition(
-        dataset.train.labels(),
-        config.num_clients,
-        spec.scheme,
-        seed=config.seed,
-        alpha=spec.alpha,
-        shards_per_client=spec.shards_per_client,
-        min_size=spec.min_size,
-        natural=dataset.natural_clients,
-    )
+    try:
+        parts = partition(
+            dataset.train.labels(),
+            config.num_clients,
+            spec.scheme,
+            seed=config.seed,
+            alpha=spec.alpha,
+            shards_per_client=spec.shards_per_client,
+            min_size=spec.min_size,
+            natural=dataset.natural_clients,
+        )
+    except ValueError as error:
+        raise ConfigError(f"partition: {error}") from None
     train, holdout = holdout_split(parts, spec.holdout, seed=config.seed + 1)
     return Federation(dataset, train, holdout)
 

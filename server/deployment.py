@@ -28,10 +28,11 @@ from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update
 from fedcore.serialization import FrameError
 from fedcore.server.coordinator import Coordinator
-from fedcore.server.experiment import make_experiment
+from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer
+from fedcore.typed_config import ConfigError
 from fedcore.wire import VectorAssembler, vector_frames
 
 MAX_CHUNK_BYTES = 2 << 20
@@ -132,20 +133,22 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         slot.last_seen = self.driver.now()
         return slot
 
-    @staticmethod
-    async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
-        await context.abort(refusal.code, str(refusal))
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, claimed: str, session: str | None
+    ) -> ClientSlot:
+        """The caller's slot, or the RPC aborted with the refusal's status and reason."""
+        try:
+            return self._identify(context, claimed, session)
+        except Refusal as refusal:
+            await context.abort(refusal.code, str(refusal))
+            raise  # context.abort has already raised; this only tells type checkers
 
     # -- RPCs ------------------------------------------------------------------------------------
     async def Join(
         self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinReply:
         """Register a (re)connecting client and make it available to the strategy."""
-        try:
-            slot = self._identify(context, request.client_id, None)
-        except Refusal as refusal:
-            await self._refuse(context, refusal)
-            raise
+        slot = await self._authenticate(context, request.client_id, None)
         if slot.session and slot.number in self.coordinator.outstanding:
             self.coordinator.client_gone(slot.number)
         slot.session = secrets.token_hex(16)
@@ -182,7 +185,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             self._identify(context, request.client_id, request.session)
         except Refusal as refusal:
             if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
-                await self._refuse(context, refusal)
+                await context.abort(refusal.code, str(refusal))
             return pb.HeartbeatReply(known=False)
         return pb.HeartbeatReply(known=True)
 
@@ -190,11 +193,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.TaskReply:
         """Long-poll for the client's next task (at most `wait_seconds`, capped at 30 s)."""
-        try:
-            slot = self._identify(context, request.client_id, request.session)
-        except Refusal as refusal:
-            await self._refuse(context, refusal)
-            raise
+        slot = await self._authenticate(context, request.client_id, request.session)
         if slot.task is None and not self.coordinator.finished:
             slot.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -222,15 +221,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.TensorChunk]:
         """Stream the model the client's current task starts from, in bounded chunks."""
-        try:
-            slot = self._identify(context, request.client_id, request.session)
-            if slot.model is None or request.task_id != slot.task_id:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
-        except Refusal as refusal:
-            await self._refuse(context, refusal)
-            raise
-        chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
+        slot = await self._authenticate(context, request.client_id, request.session)
         model = slot.model
+        if model is None or request.task_id != slot.task_id:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
+            return
+        chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
         for frame in vector_frames({"params": model.params, "buffers": model.buffers}, chunk):
             self.bytes_down += len(frame)
             yield pb.TensorChunk(frame=frame)
@@ -257,8 +253,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 )
         except Refusal as refusal:
             self.coordinator.ledger.record("refused", client=header.client_id, reason=str(refusal))
-            await self._refuse(context, refusal)
-            raise
+            await context.abort(refusal.code, str(refusal))
+            raise  # context.abort has already raised; this only tells type checkers
         task = slot.task
         slot.task_id, slot.task, slot.model = "", None, None
         layout = self.coordinator.layout
@@ -299,11 +295,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext
     ) -> pb.LeaveReply:
         """A client says goodbye; its outstanding task, if any, is lost."""
-        try:
-            slot = self._identify(context, request.client_id, request.session)
-        except Refusal as refusal:
-            await self._refuse(context, refusal)
-            raise
+        slot = await self._authenticate(context, request.client_id, request.session)
         slot.session = ""
         self.coordinator.client_gone(slot.number)
         return pb.LeaveReply()
@@ -332,11 +324,6 @@ def server_credentials(cert_dir: Path) -> grpc.ServerCredentials:
         root_certificates=(cert_dir / "ca.pem").read_bytes(),
         require_client_auth=True,
     )
-
-
-def enrolled(cert_dir: Path) -> list[str]:
-    """Enrolled client names in enrolment order (their position is their partition index)."""
-    return list(enrolled_clients(cert_dir))
 
 
 async def serve(
@@ -381,9 +368,16 @@ def deploy(
     config_data: dict[str, Any], run_path: Path | None, ready: Callable[[int], None]
 ) -> dict[str, Any]:
     """Run `fedcore server` for the experiment `config_data` describes; return the summary."""
-    experiment = make_experiment(config_data)
-    config = experiment.config.deployment
+    experiment_config, _ = parse_experiment(config_data)
+    config = experiment_config.deployment
     cert_dir = Path(config.certs)
+    names = enrolled_clients(cert_dir)
+    if len(names) != experiment_config.num_clients:
+        raise ConfigError(
+            f"num_clients: must equal the {len(names)} clients enrolled in "
+            f"{cert_dir / 'enrolled.txt'}, got {experiment_config.num_clients}"
+        )
+    experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
 
     async def main() -> dict[str, Any]:
@@ -398,9 +392,7 @@ def deploy(
             hash_models=True,
         )
         driver.coordinator = coordinator
-        service = CoordinatorService(
-            coordinator, driver, enrolled(cert_dir), config.heartbeat_seconds
-        )
+        service = CoordinatorService(coordinator, driver, names, config.heartbeat_seconds)
         report = RunReport(
             experiment,
             LocalTrainer(experiment.build_model),
