@@ -88,15 +88,17 @@ class SynchronousRounds(Strategy):
             self._try_open_round()
 
     def on_task_lost(self, task: Task) -> None:
-        """A lost member shrinks the cohort; the round may now be complete."""
-        if (
-            self.in_round
-            and task.client_id in self.cohort
-            and task.version == self.ctx.model.version
-        ):
-            self.cohort.discard(task.client_id)
-            if self.cohort and self.arrived == self.cohort:
-                self._close_round()
+        """A lost member shrinks the cohort: the round may now be complete, or, with nobody
+        left, is abandoned for a new one."""
+        if not self.in_round or task.client_id not in self.cohort:
+            return
+        self.cohort.discard(task.client_id)
+        if self.arrived and self.arrived == self.cohort:
+            self._close_round()
+        elif not self.cohort:
+            self.in_round = False
+            self.reset_round()
+            self._try_open_round()
 
     def _try_open_round(self) -> None:
         idle = self.ctx.idle_clients()

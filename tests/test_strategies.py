@@ -160,3 +160,26 @@ def test_strategy_state_round_trips():
     clone.load_state_dict(state)
     assert clone.round == 1 and list(clone.rng.integers(1000, size=5)) == list(draws)
     del ctx
+
+
+def test_round_whose_whole_cohort_is_lost_is_replaced_by_a_new_one():
+    strategy = FedAvg(FedAvgConfig(clients_per_round=2), seed=3)
+    ctx = ScriptedContext(strategy, torch.zeros(P), clients=4)
+    strategy.on_start()
+    first = list(ctx.tasks)
+    for task in first:
+        strategy.on_task_lost(task)
+    assert strategy.round == 2 and strategy.in_round
+    assert len(ctx.tasks) == 4 and ctx.model.version == 0
+
+
+def test_round_completes_when_the_rest_of_the_cohort_is_lost():
+    strategy = FedAvg(FedAvgConfig(clients_per_round=3), seed=3)
+    ctx = ScriptedContext(strategy, torch.zeros(P), clients=3)
+    strategy.on_start()
+    cohort = list(ctx.tasks)
+    ctx.arrive(cohort[0], torch.ones(P))
+    strategy.on_task_lost(cohort[1])
+    assert ctx.model.version == 0
+    strategy.on_task_lost(cohort[2])
+    assert ctx.model.version == 1 and torch.equal(ctx.model.params, torch.ones(P))
