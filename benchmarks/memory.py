@@ -12,7 +12,6 @@ peaks, divided by the difference in clients, is the memory cost of one client.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from fedcore.memory import peak_rss_bytes
 from fedcore.server.experiment import make_experiment
 from fedcore.server.simulation import Simulation
 
@@ -72,12 +72,6 @@ def overrides(shape: Shape, clients: int) -> list[str]:
         "evaluation.federated_clients=0",
         "output.progress=off",
     ]
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def torch_import_rss_bytes() -> int:

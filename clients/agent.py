@@ -20,13 +20,17 @@ from pathlib import Path
 import grpc
 import torch
 
-from fedcore.clients.profile import device_profile
+from fedcore.clients.device import ClientDevice
+from fedcore.clients.local_data import load_local_data
+from fedcore.clients.profile import calibrate, calibration_task, device_profile, profile_line
 from fedcore.config import ExperimentConfig
+from fedcore.data import Split
 from fedcore.federation import make_federation, model_builder
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update, WorkKind
-from fedcore.training import LocalTrainer
+from fedcore.serialization import DTYPES, FrameError
+from fedcore.training import LocalTrainer, planned_steps
 from fedcore.wire import VectorAssembler, vector_frames
 
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -72,18 +76,30 @@ class ClientAgent:
     """One client's loop over the coordinator service."""
 
     def __init__(
-        self, settings: ClientSettings, config: ExperimentConfig, step_delay: float = 0.0
+        self,
+        settings: ClientSettings,
+        config: ExperimentConfig,
+        step_delay: float = 0.0,
+        device: ClientDevice | None = None,
+        data: str = "",
     ) -> None:
         self.settings = settings
         self.config = config
         self.step_delay = step_delay
+        self.device = device or ClientDevice(torch.device("cpu"), config.client_devices.cpu)
         self.federation = make_federation(config)
-        self.trainer = LocalTrainer(model_builder(config, self.federation.dataset))
+        self.local_data = load_local_data(data, self.federation.dataset) if data else None
+        self.trainer = LocalTrainer(
+            model_builder(config, self.federation.dataset), device=self.device.device
+        )
+        self.profile: pb.DeviceProfile | None = None
         self.session = ""
         self.number = -1
         self.connected_once = False
         self._stop_heartbeat = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        #: Set when a heartbeat reply says training is over.
+        self.server_done = threading.Event()
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
@@ -98,6 +114,13 @@ class ClientAgent:
                 return accepted
             except grpc.RpcError as error:
                 self._raise_if_fatal(error)
+                if self.server_done.is_set():
+                    print(
+                        f"fedcore client {self.settings.client_id}: the server finished training "
+                        "while this client was working; its last update is not needed",
+                        flush=True,
+                    )
+                    return accepted
                 delay = min(self.settings.max_backoff, backoff) * random.uniform(0.5, 1.0)
                 print(
                     f"fedcore client {self.settings.client_id}: server unavailable "
@@ -121,11 +144,40 @@ class ClientAgent:
                 f"TLS failure (certificate or server name): {error.details()}"
             ) from None
 
+    def measure_profile(self) -> pb.DeviceProfile:
+        """The device profile, calibrated once (at the first join) on the configured model and
+        training hyper-parameters through the same path tasks take (`_train`)."""
+        if self.profile is None:
+            train = self.federation.dataset.train
+            probe = train.subset(
+                torch.arange(min(len(train), max(64, self.config.training.batch_size)))
+            )
+            params, buffers = self.trainer.bound.params.clone(), self.trainer.bound.buffers.clone()
+            seconds = calibrate(
+                lambda steps: self._train(
+                    calibration_task(self.config.training, steps), params, buffers, probe
+                )
+            )
+            self.profile = device_profile(self.device.device, seconds)
+            print(
+                f"fedcore client {self.settings.client_id}: {profile_line(self.profile)}",
+                flush=True,
+            )
+        return self.profile
+
+    def _train(
+        self, task: Task, params: torch.Tensor, buffers: torch.Tensor, data: Split
+    ) -> Update:
+        """Run a task on the client's device and settings (and `--slow`'s delay per step)."""
+        if self.step_delay:
+            time.sleep(self.step_delay * planned_steps(task, len(data)))
+        with self.device.compute():
+            return self.trainer.train(task, params, buffers, data)
+
     def _join(self, stub: pb_grpc.CoordinatorStub) -> None:
-        probe = self.federation.dataset.train.subset(torch.arange(64))
-        profile = device_profile(self.trainer, probe)
         reply = stub.Join(
-            pb.JoinRequest(client_id=self.settings.client_id, profile=profile), timeout=60
+            pb.JoinRequest(client_id=self.settings.client_id, profile=self.measure_profile()),
+            timeout=60,
         )
         self.connected_once = True
         self.session, self.number = reply.session, reply.client_number
@@ -143,13 +195,19 @@ class ClientAgent:
         request = pb.HeartbeatRequest(client_id=self.settings.client_id, session=self.session)
         while not stop.wait(every):
             try:
-                stub.Heartbeat(request, timeout=every * 2)
+                reply = stub.Heartbeat(request, timeout=every * 2)
             except grpc.RpcError:
                 return
+            if reply.done:
+                self.server_done.set()
 
     def _work(self, stub: pb_grpc.CoordinatorStub) -> int:
         accepted = 0
-        data = self.federation.train_split(self.number)
+        data = (
+            self.local_data
+            if self.local_data is not None
+            else self.federation.train_split(self.number)
+        )
         while True:
             reply = stub.GetTask(
                 pb.TaskRequest(
@@ -167,18 +225,17 @@ class ClientAgent:
                 return accepted
             if reply.status == pb.TaskReply.WAIT:
                 continue
+            params, buffers, extras = self._download(stub, reply)
             task = Task(
                 client_id=self.number,
                 version=reply.version,
                 kind=WorkKind(reply.kind),
                 local_steps=reply.local_steps,
                 hyper=dict(reply.hyper),
+                extras=extras,
                 seed=reply.seed,
             )
-            params, buffers = self._download(stub, reply.task_id)
-            if self.step_delay:
-                time.sleep(self.step_delay * task.local_steps)
-            update = self.trainer.train(task, params, buffers, data)
+            update = self._train(task, params, buffers, data)
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
             accepted += int(result.accepted)
             if not result.accepted:
@@ -188,25 +245,30 @@ class ClientAgent:
                 )
 
     def _download(
-        self, stub: pb_grpc.CoordinatorStub, task_id: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, stub: pb_grpc.CoordinatorStub, reply: pb.TaskReply
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The task's model (params, buffers) and the extra tensors its TaskReply announced."""
         layout = self.trainer.bound.layout
-        assembler = VectorAssembler(
-            {
-                "params": (layout.params.numel, layout.params.dtype),
-                "buffers": (layout.buffers.numel, layout.buffers.dtype),
-            }
-        )
+        expected = {
+            "params": (layout.params.numel, layout.params.dtype),
+            "buffers": (layout.buffers.numel, layout.buffers.dtype),
+        }
+        for spec in reply.extras:
+            if spec.dtype not in DTYPES:
+                raise FrameError(f"task extra {spec.name!r} has unknown dtype {spec.dtype!r}")
+            expected[f"extra/{spec.name}"] = (spec.numel, DTYPES[spec.dtype])
+        assembler = VectorAssembler(expected)
         request = pb.DownloadRequest(
             client_id=self.settings.client_id,
             session=self.session,
-            task_id=task_id,
+            task_id=reply.task_id,
             chunk_bytes=self.config.deployment.chunk_bytes,
         )
         for chunk in stub.DownloadModel(request, timeout=600):
             assembler.add(chunk.frame)
         vectors = assembler.result()
-        return vectors["params"], vectors["buffers"]
+        extras = {spec.name: vectors[f"extra/{spec.name}"] for spec in reply.extras}
+        return vectors["params"], vectors["buffers"], extras
 
     def _upload(self, task_id: str, update: Update) -> Iterator[pb.UploadChunk]:
         yield pb.UploadChunk(

@@ -1,5 +1,9 @@
 """`fedcore client` argument parsing: the resolved experiment config comes from a YAML file
-(the server's run directory has one), so a client needs neither Hydra nor the server's code."""
+(the server's run directory has one), so a client needs neither Hydra nor the server's code.
+
+The client's libraries are checked before any of them is imported, so a machine without one
+(a minimal RISC-V userland, say) gets a message naming each missing package, not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,27 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from fedcore.clients.agent import ClientAgent, ClientFatal, ClientSettings
-from fedcore.config import ExperimentConfig
-from fedcore.typed_config import ConfigError, build
+from fedcore.clients.stack import MissingLibraries, check_client_stack
 
 
-def client_main(argv: list[str]) -> int:
-    """Run one client; exit 0 when the server says DONE, 1 on a fatal error."""
+def client_arguments(
+    server: str, client_id: str, certs: Path, config: Path, server_name: str = ""
+) -> list[str]:
+    """The arguments after `fedcore client` for these settings (for scripts that launch clients)."""
+    arguments = [
+        "--server",
+        server,
+        "--id",
+        client_id,
+        "--certs",
+        str(certs),
+        "--config",
+        str(config),
+    ]
+    return [*arguments, "--server-name", server_name] if server_name else arguments
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcore client")
     parser.add_argument("--server", required=True, help="HOST:PORT of fedcore server")
     parser.add_argument("--id", required=True, help="client id (its certificate's identity)")
@@ -23,20 +39,70 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, type=Path, help="resolved experiment YAML")
     parser.add_argument("--server-name", default="", help="TLS name to expect for the server")
     parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N; "
+        "an explicit cuda without CUDA is an error, never a silent fallback",
+    )
+    parser.add_argument(
+        "--data",
+        default="",
+        help="train on your own data instead of the config's partition: an .npz with arrays x "
+        "and y, or module:function returning (x, y) (see fedcore/clients/local_data.py)",
+    )
+    parser.add_argument(
         "--slow",
         type=float,
         default=0.0,
         help="extra seconds to sleep per local step (to emulate a slow device)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Load the config, pick the device, and work until DONE (imports the client stack)."""
+    import yaml
+
+    from fedcore.clients.agent import ClientAgent, ClientFatal, ClientSettings
+    from fedcore.clients.device import DeviceUnavailable, client_device
+    from fedcore.config import ExperimentConfig
+    from fedcore.data import DatasetUnavailable
+    from fedcore.memory import peak_rss_bytes
+    from fedcore.typed_config import ConfigError, build
+
     try:
         data = yaml.safe_load(args.config.read_text(encoding="utf-8"))
         data.pop("hydra", None)
         config = build(ExperimentConfig, data)
+        device = client_device(args.device, config.client_devices)
+        device.apply()
         settings = ClientSettings(args.server, args.id, args.certs, args.server_name)
-        accepted = ClientAgent(settings, config, step_delay=args.slow).run()
-    except (ClientFatal, ConfigError, OSError) as error:
+        accepted = ClientAgent(
+            settings, config, step_delay=args.slow, device=device, data=args.data
+        ).run()
+    except (
+        ClientFatal,
+        ConfigError,
+        DeviceUnavailable,
+        DatasetUnavailable,
+        OSError,
+    ) as error:
         print(f"fedcore client {args.id}: {error}", file=sys.stderr)
         return 1
-    print(f"fedcore client {args.id}: done, {accepted} updates accepted", flush=True)
+    print(
+        f"fedcore client {args.id}: done, {accepted} updates accepted "
+        f"(peak RSS {peak_rss_bytes() / 2**20:.0f} MiB)",
+        flush=True,
+    )
     return 0
+
+
+def client_main(argv: list[str]) -> int:
+    """Run one client; exit 0 when the server says DONE, 1 on a fatal error."""
+    args = _parser().parse_args(argv)
+    try:
+        check_client_stack()
+    except MissingLibraries as error:
+        print(f"fedcore client {args.id}: {error}", file=sys.stderr)
+        return 1
+    return _run(args)

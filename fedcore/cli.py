@@ -1,8 +1,8 @@
-"""The `fedcore` command: `sim` and `server` (Hydra configs), `client` and `certs` (argparse).
+"""The `fedcore` command: `sim` and `server` (Hydra configs), `client`, `clients` and `certs`.
 
 `sim` and `server` hand their arguments to Hydra unchanged, so overrides, `-m` sweeps,
-`--cfg job` and `--help` behave as Hydra users expect. `client` avoids Hydra entirely: the
-RISC-V userland has no hydra-core.
+`--cfg job` and `--help` behave as Hydra users expect. Hydra is imported only by those two:
+`client` must run on the RISC-V userland, which has no hydra-core.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ commands:
   sim     run a simulated federation: fedcore sim [key=value ...] [-m for sweeps]
   server  run the coordinator: fedcore server [key=value ...] (deployment.address, deployment.certs)
   client  run a client: fedcore client --server HOST:PORT --id ID --certs DIR --config RUN/config.yaml
+          [--device auto|cpu|cuda] [--slow SECONDS]
+  clients list a run's clients and their device profiles: fedcore clients RUN_DIR
   certs   make a CA, server and client certificates:
           fedcore certs init --dir DIR --server-name NAME (--clients N | --client ID ...)
           fedcore certs add-client --dir DIR --client ID
@@ -67,13 +69,15 @@ def _announce_port(port: int) -> None:
 
 def _run_server(cfg: Any) -> None:
     """Hydra task function of `fedcore server`: serve until the last model version."""
-    from fedcore.server.deployment import deploy
+    from fedcore.server.deployment import ALL_GONE, deploy
 
     data, run_path = _resolved(cfg)
     summary = _reporting_errors(lambda: deploy(data, run_path, _announce_port))
     print(
         f"done: {summary['stop_reason']}; {summary['versions']} versions; run directory {run_path}"
     )
+    if summary["stop_reason"].startswith(ALL_GONE):
+        raise SystemExit(1)
 
 
 def _hydra(task: Callable[[Any], None], name: str, argv: list[str]) -> None:
@@ -100,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         from fedcore.clients.main import client_main
 
         raise SystemExit(client_main(rest))
+    elif command == "clients":
+        from fedcore.server.roster import clients_main
+
+        raise SystemExit(clients_main(rest))
     elif command == "certs":
         from fedcore.certs import certs_main
 

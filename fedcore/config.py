@@ -44,6 +44,35 @@ class PartitionConfig:
 
 
 @dataclass
+class ServerDataConfig:
+    """A small class-balanced data set the server keeps for itself (FedLAW's proxy set).
+
+    Either `examples_per_class` training examples of each class, carved off before partitioning
+    so that no client trains on them (a class keeps at least half its examples), or `path`: an
+    .npz file with arrays `x` (examples, in the dataset's input shape) and `y` (integer labels).
+    Never taken from the test set.
+    """
+
+    examples_per_class: int = 0
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        require(
+            self.examples_per_class >= 0,
+            "examples_per_class",
+            "must be >= 0 (0: none)",
+            self.examples_per_class,
+        )
+        require(
+            not (self.path and self.examples_per_class),
+            "path",
+            "give either path or examples_per_class, not both (with a path, set "
+            "server_data.examples_per_class=0)",
+            self.path,
+        )
+
+
+@dataclass
 class ModelConfig:
     """Which model (`auto` picks the dataset's default), with its options."""
 
@@ -135,6 +164,24 @@ class TrainingConfig:
         )
 
 
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """Bounds every update must respect before it can touch the model (beyond shape, dtype,
+    finiteness and version, which are always checked)."""
+
+    max_examples: int = 10_000_000
+    max_delta_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.max_examples >= 1, "max_examples", "must be >= 1", self.max_examples)
+        require(
+            self.max_delta_norm >= 0,
+            "max_delta_norm",
+            "must be >= 0 (0: no bound)",
+            self.max_delta_norm,
+        )
+
+
 @dataclass
 class DeploymentConfig:
     """`fedcore server`: where it listens, its certificates, and liveness timing."""
@@ -144,8 +191,26 @@ class DeploymentConfig:
     heartbeat_seconds: float = 2.0
     liveness_timeout: float = 10.0
     chunk_bytes: int = 1 << 20
+    checkpoint_every: int = 1
+    checkpoint_keep: int = 3
+    gone_timeout: float = 60.0
+    spool_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
+        require(
+            self.checkpoint_every >= 0,
+            "checkpoint_every",
+            "must be >= 0 (0: no checkpoints)",
+            self.checkpoint_every,
+        )
+        require(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1", self.checkpoint_keep)
+        require(self.spool_bytes >= 0, "spool_bytes", "must be >= 0 (0: never)", self.spool_bytes)
+        require(
+            self.gone_timeout >= 0,
+            "gone_timeout",
+            "must be >= 0 (0: wait forever)",
+            self.gone_timeout,
+        )
         require(
             self.heartbeat_seconds > 0, "heartbeat_seconds", "must be > 0", self.heartbeat_seconds
         )
@@ -161,6 +226,33 @@ class DeploymentConfig:
             "must be in [4096, 2 MiB]",
             self.chunk_bytes,
         )
+
+
+@dataclass
+class DeviceSettings:
+    """A deployed client's settings for one kind of device. None of them changes what is
+    computed beyond floating-point rounding: the batch size, seeds and sampling are the task's."""
+
+    threads: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    memory_budget: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)", self.threads)
+        require(
+            self.memory_budget >= 0,
+            "memory_budget",
+            "must be >= 0 bytes (0: no budget)",
+            self.memory_budget,
+        )
+
+
+@dataclass
+class ClientDevicesConfig:
+    """Per-device client settings: `cpu` applies when a client trains on its CPU, `cuda` on a GPU."""
+
+    cpu: DeviceSettings = field(default_factory=DeviceSettings)
+    cuda: DeviceSettings = field(default_factory=DeviceSettings)
 
 
 @dataclass
@@ -181,6 +273,9 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
+    client_devices: ClientDevicesConfig = field(default_factory=ClientDevicesConfig)
+    server_data: ServerDataConfig = field(default_factory=ServerDataConfig)
 
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)

@@ -27,12 +27,43 @@ class SpeedTier:
 
 
 @dataclass
-class ProfileConfig:
-    """The heterogeneity distribution clients' profiles are drawn from."""
+class Slowdown:
+    """From virtual time `at` on, a `fraction` of the clients (drawn from the seed) train
+    `factor` times slower (e.g. thermal throttling or a competing job)."""
 
-    speed: Literal["constant", "lognormal", "tiers"] = "lognormal"
+    at: float
+    fraction: float
+    factor: float
+
+    def __post_init__(self) -> None:
+        require(self.at >= 0, "at", "must be >= 0", self.at)
+        require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
+        require(self.factor > 0, "factor", "must be > 0", self.factor)
+
+
+@dataclass
+class Outage:
+    """From virtual time `at`, a `fraction` of the clients (drawn from the seed) is unreachable
+    for `duration` seconds: idle ones leave at once, busy ones after their current task."""
+
+    at: float
+    fraction: float
+    duration: float
+
+    def __post_init__(self) -> None:
+        require(self.at >= 0, "at", "must be >= 0", self.at)
+        require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
+        require(self.duration > 0, "duration", "must be > 0", self.duration)
+
+
+@dataclass
+class ProfileConfig:
+    """The heterogeneity distribution clients' profiles are drawn from, and scheduled changes."""
+
+    speed: Literal["constant", "lognormal", "loguniform", "tiers"] = "lognormal"
     step_seconds: float = 0.05
     speed_sigma: float = 0.8
+    speed_spread: float = 10.0
     tiers: list[SpeedTier] = field(default_factory=list)
     bandwidth_mbps: float = 20.0
     bandwidth_sigma: float = 0.5
@@ -40,10 +71,13 @@ class ProfileConfig:
     availability: float = 1.0
     offline_seconds: float = 60.0
     dropout: float = 0.0
+    slowdowns: list[Slowdown] = field(default_factory=list)
+    outages: list[Outage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(self.step_seconds > 0, "step_seconds", "must be > 0", self.step_seconds)
         require(self.speed_sigma >= 0, "speed_sigma", "must be >= 0", self.speed_sigma)
+        require(self.speed_spread >= 1, "speed_spread", "must be >= 1", self.speed_spread)
         require(
             self.speed != "tiers" or bool(self.tiers),
             "tiers",
@@ -92,11 +126,41 @@ class ProfileSampler:
             step = config.step_seconds
         elif config.speed == "lognormal":
             step = config.step_seconds * float(rng.lognormal(0.0, config.speed_sigma))
+        elif config.speed == "loguniform":
+            step = config.step_seconds * config.speed_spread ** float(rng.random())
         else:
             tier = int(np.searchsorted(self._tier_cdf, rng.random(), side="right"))
             step = config.tiers[min(tier, len(config.tiers) - 1)].step_seconds
         bandwidth = config.bandwidth_mbps * float(rng.lognormal(0.0, config.bandwidth_sigma))
         return DeviceProfile(step, bandwidth * 1e6 / 8, config.latency_seconds)
+
+    def step_seconds(self, client_id: int, at: float) -> float:
+        """Seconds per step of `client_id` at virtual time `at`: its profile's, times the factor
+        of every slowdown that has begun and includes it."""
+        step = self.profile(client_id).step_seconds
+        for index, slowdown in enumerate(self.config.slowdowns):
+            if slowdown.at <= at and self._chosen(3, index, client_id, slowdown.fraction):
+                step *= slowdown.factor
+        return step
+
+    def offline_until(self, client_id: int, at: float) -> float:
+        """The earliest time >= `at` at which `client_id` is outside every outage window."""
+        ready, moved = at, True
+        while moved:
+            moved = False
+            for index, outage in enumerate(self.config.outages):
+                end = outage.at + outage.duration
+                if outage.at <= ready < end and self._chosen(4, index, client_id, outage.fraction):
+                    ready, moved = end, True
+        return ready
+
+    def outage_starts(self) -> list[float]:
+        """Virtual times at which an outage begins, in configuration order."""
+        return [outage.at for outage in self.config.outages]
+
+    def _chosen(self, kind: int, index: int, client_id: int, fraction: float) -> bool:
+        """Whether `client_id` is among the `fraction` a scheduled change (kind, index) hits."""
+        return bool(self._rng(kind, index, client_id).random() < fraction)
 
     def drops_out(self, client_id: int, task_key: int) -> bool:
         """Whether this client vanishes during the task identified by `task_key` (its seed)."""

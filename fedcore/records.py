@@ -18,6 +18,10 @@ class WorkKind(StrEnum):
 
     SGD = "sgd"
     EVALUATE = "evaluate"
+    #: FedAMD anchor: the mean gradient at the received model over a large random batch.
+    ANCHOR = "anchor"
+    #: FedAMD miner: recursive variance-reduced steps from `extras["direction"]`.
+    MINER = "miner"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,32 @@ class Update:
         if self.buffers is not None:
             tensors.append(self.buffers)
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def delta_update(
+    task: Task,
+    start: torch.Tensor,
+    trained: torch.Tensor,
+    buffers: torch.Tensor,
+    *,
+    num_examples: int,
+    steps: int,
+    seconds: float,
+    metrics: dict[str, float],
+) -> Update:
+    """The Update for local work that moved parameters from `start` to `trained`: their
+    difference and a copy of the buffers, on the host."""
+    return Update(
+        client_id=task.client_id,
+        base_version=task.version,
+        num_examples=num_examples,
+        payload=DenseDelta((trained - start).cpu()),
+        buffers=buffers.clone().cpu(),
+        local_steps=steps,
+        compute_seconds=seconds,
+        wall_seconds=seconds,
+        metrics=metrics,
+    )
 
 
 def dense_delta(payload: Payload, numel: int) -> torch.Tensor:

@@ -15,7 +15,8 @@ from torch import nn
 
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
-from fedcore.records import DenseDelta, Task, Update, WorkKind
+from fedcore.records import Task, Update, WorkKind, delta_update
+from fedcore.variance_reduced import DIRECTION, AnchorMemory, anchor_update, miner_update
 
 
 class LocalTrainer:
@@ -30,33 +31,42 @@ class LocalTrainer:
         self.device = torch.device(device)
         self.bound = BoundModule(build().to(self.device))
         self.eval_batch_size = eval_batch_size
-        self._momentum = torch.zeros_like(self.bound.params)
+        self._momentum: torch.Tensor | None = None
+        self.anchor_memory = AnchorMemory()
 
     def train(self, task: Task, params: torch.Tensor, buffers: torch.Tensor, data: Split) -> Update:
-        """Run `task` from (params, buffers) on `data`; return the delta and metrics."""
-        if task.kind is not WorkKind.SGD:
-            raise ValueError(f"LocalTrainer.train cannot run {task.kind} tasks")
+        """Run `task` from (params, buffers) on `data`; return the delta and metrics.
+
+        SGD tasks, and FedAMD miners given no direction, run local SGD; FedAMD anchors and miners
+        with a direction run in `fedcore.variance_reduced`."""
         if len(data) == 0:
             raise ValueError(f"client {task.client_id} has no training examples")
+        if task.kind is WorkKind.ANCHOR:
+            return anchor_update(
+                self.bound, task, params, buffers, data, self.anchor_memory, self.eval_batch_size
+            )
+        if task.kind is WorkKind.MINER and DIRECTION in task.extras:
+            batches = task_batches(task, len(data))
+            return miner_update(self.bound, task, params, buffers, data, batches)
+        if task.kind not in (WorkKind.SGD, WorkKind.MINER):
+            raise ValueError(f"LocalTrainer.train cannot run {task.kind} tasks")
         started = time.perf_counter()
         bound, hyper = self.bound, task.hyper
         bound.load(params.to(self.device), buffers.to(self.device))
         start = bound.params.clone()
-        batch_size = min(int(hyper.get("batch_size", 32)), len(data))
         steps = planned_steps(task, len(data))
         lr, momentum = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0))
         weight_decay, prox_mu = (
             float(hyper.get("weight_decay", 0.0)),
             float(hyper.get("prox_mu", 0.0)),
         )
-        generator = torch.Generator().manual_seed(task.seed)
-        self._momentum.zero_()
+        velocity = self._zeroed_momentum() if momentum else None
         bound.module.train()
         loss_sum = torch.zeros((), device=self.device)
-        for indices in _batches(len(data), batch_size, steps, generator):
+        for indices in task_batches(task, len(data)):
             x, y = data.batch(indices)
             bound.grads.zero_()
-            loss = nn.functional.cross_entropy(bound.module(x.to(self.device)), y.to(self.device))
+            loss = training_loss(bound.module(x.to(self.device)), y.to(self.device), hyper)
             loss.backward()
             loss_sum += loss.detach()
             grad = bound.grads
@@ -64,22 +74,27 @@ class LocalTrainer:
                 grad.add_(bound.params, alpha=weight_decay)
             if prox_mu:
                 grad.add_(bound.params - start, alpha=prox_mu)
-            if momentum:
-                grad = self._momentum.mul_(momentum).add_(grad)
+            if velocity is not None:
+                grad = velocity.mul_(momentum).add_(grad)
             with torch.no_grad():
                 bound.params.add_(grad, alpha=-lr)
         elapsed = time.perf_counter() - started
-        return Update(
-            client_id=task.client_id,
-            base_version=task.version,
+        return delta_update(
+            task,
+            start,
+            bound.params,
+            bound.read_buffers(),
             num_examples=len(data),
-            payload=DenseDelta((bound.params - start).cpu()),
-            buffers=bound.read_buffers().clone().cpu(),
-            local_steps=steps,
-            compute_seconds=elapsed,
-            wall_seconds=elapsed,
+            steps=steps,
+            seconds=elapsed,
             metrics={"train_loss": float(loss_sum) / max(1, steps)},
         )
+
+    def _zeroed_momentum(self) -> torch.Tensor:
+        """The momentum buffer, zeroed; allocated on first use (evaluators never need it)."""
+        if self._momentum is None:
+            self._momentum = torch.zeros_like(self.bound.params)
+        return self._momentum.zero_()
 
     @torch.no_grad()
     def evaluate(
@@ -105,6 +120,26 @@ class LocalTrainer:
         }
 
 
+def training_loss(
+    logits: torch.Tensor, labels: torch.Tensor, hyper: dict[str, float]
+) -> torch.Tensor:
+    """Cross-entropy, plus FedLD's margin-control term when the task sets `margin_lambda`.
+
+    The term is `margin_lambda * log(1 + ||softmax(z)||^2)`, penalising confident outputs. By
+    default the norm is the Frobenius norm of the whole [B, C] probability matrix, as the FedLD
+    reference codes it (so it grows with the batch size); `margin_per_sample` = 1 takes the mean
+    over the batch of the per-example term instead.
+    """
+    loss = nn.functional.cross_entropy(logits, labels)
+    margin = float(hyper.get("margin_lambda", 0.0))
+    if not margin:
+        return loss
+    squared = torch.softmax(logits, dim=1).square().sum(dim=1)
+    if hyper.get("margin_per_sample", 0.0):
+        return loss + margin * torch.log1p(squared).mean()
+    return loss + margin * torch.log1p(squared.sum())
+
+
 def planned_steps(task: Task, num_examples: int) -> int:
     """Local steps a task asks for: `local_steps`, or epochs over the client's examples."""
     epochs = float(task.hyper.get("epochs", 0.0))
@@ -112,6 +147,13 @@ def planned_steps(task: Task, num_examples: int) -> int:
         return task.local_steps
     batch_size = max(1, min(int(task.hyper.get("batch_size", 32)), num_examples))
     return math.ceil(epochs * num_examples / batch_size)
+
+
+def task_batches(task: Task, num_examples: int) -> list[torch.Tensor]:
+    """The minibatches (example numbers) a training task walks, drawn from its seed."""
+    batch_size = min(int(task.hyper.get("batch_size", 32)), num_examples)
+    generator = torch.Generator().manual_seed(task.seed)
+    return _batches(num_examples, batch_size, planned_steps(task, num_examples), generator)
 
 
 def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:

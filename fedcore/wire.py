@@ -2,12 +2,18 @@
 
 Reassembly allocates from the *expected* layout, never from what a header claims, and accepts
 each tensor's chunks only in order, so a lying, truncated, duplicated or corrupted stream is
-refused with a reason before anything is allocated for it or reaches the model.
+refused with a reason before anything is allocated for it or reaches the model. Vectors of at
+least `spool_bytes` are spooled to an unlinked file in `spool_dir` with plain writes (page cache,
+not the process's memory) and mapped read-only when complete, so several large uploads arriving
+at once do not each hold their size in RAM.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 
@@ -24,12 +30,50 @@ def vector_frames(
         yield from encode_chunks(vector, name, chunk_bytes)
 
 
+class _Spool:
+    """One vector being written to a file by offset, then mapped as a tensor."""
+
+    def __init__(self, directory: Path, size: int, dtype: torch.dtype) -> None:
+        self.size, self.dtype = size, dtype
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        descriptor, name = tempfile.mkstemp(prefix="upload-", suffix=".spool", dir=directory)
+        self.descriptor, self.path = descriptor, Path(name)
+        os.ftruncate(descriptor, size * self.itemsize)
+
+    def write(self, offset: int, chunk: torch.Tensor) -> None:
+        """Write `chunk` at element `offset`."""
+        data = chunk.contiguous().view(torch.uint8).numpy().tobytes()
+        os.pwrite(self.descriptor, data, offset * self.itemsize)
+
+    def tensor(self) -> torch.Tensor:
+        """The complete vector, file-backed; the file is unlinked (freed when unmapped)."""
+        try:
+            return torch.from_file(str(self.path), shared=True, size=self.size, dtype=self.dtype)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Close and remove the file (idempotent)."""
+        if self.descriptor >= 0:
+            os.close(self.descriptor)
+            self.descriptor = -1
+            self.path.unlink(missing_ok=True)
+
+
 class VectorAssembler:
     """Collects the frames of named 1-D vectors of known sizes and dtypes."""
 
-    def __init__(self, expected: Mapping[str, tuple[int, torch.dtype]]) -> None:
+    def __init__(
+        self,
+        expected: Mapping[str, tuple[int, torch.dtype]],
+        spool_dir: Path | None = None,
+        spool_bytes: int = 0,
+    ) -> None:
         self.expected = dict(expected)
+        self.spool_dir = spool_dir
+        self.spool_bytes = spool_bytes
         self._vectors: dict[str, torch.Tensor] = {}
+        self._spools: dict[str, _Spool] = {}
         self._filled: dict[str, int] = {}
 
     def add(self, frame: bytes) -> None:
@@ -50,17 +94,34 @@ class VectorAssembler:
                 f"{header.name}: chunk at element {header.offset}, expected {filled} (out of order, "
                 "duplicated or missing chunk)"
             )
-        if header.name not in self._vectors:
-            self._vectors[header.name] = torch.empty(size, dtype=dtype)
-        self._vectors[header.name][filled : filled + header.count] = chunk
-        self._filled[header.name] = filled + header.count
+        name = header.name
+        if name not in self._vectors and name not in self._spools:
+            nbytes = size * torch.empty((), dtype=dtype).element_size()
+            if self.spool_dir is not None and self.spool_bytes and nbytes >= self.spool_bytes:
+                self._spools[name] = _Spool(self.spool_dir, size, dtype)
+            else:
+                self._vectors[name] = torch.empty(size, dtype=dtype)
+        if name in self._spools:
+            self._spools[name].write(filled, chunk)
+        else:
+            self._vectors[name][filled : filled + header.count] = chunk
+        self._filled[name] = filled + header.count
 
     def result(self) -> dict[str, torch.Tensor]:
         """The complete vectors; an error naming any that is missing or incomplete."""
         for name, (size, _) in self.expected.items():
             have = self._filled.get(name, 0)
             if have != size:
+                self.discard()
                 raise FrameError(
                     f"{name}: received {have} of {size} elements (missing tensor or chunks)"
                 )
+        for name in list(self._spools):
+            self._vectors[name] = self._spools.pop(name).tensor()
         return self._vectors
+
+    def discard(self) -> None:
+        """Drop spool files of an upload that will not complete."""
+        for spool in self._spools.values():
+            spool.discard()
+        self._spools.clear()

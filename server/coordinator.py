@@ -60,8 +60,10 @@ class Coordinator:
         ledger: Ledger | None = None,
         policy: ValidationPolicy | None = None,
         hash_models: bool = False,
+        client_speed: Callable[[int], float | None] | None = None,
     ) -> None:
         self.strategy = strategy
+        self._client_speed = client_speed
         self._layout = layout
         self._model = initial
         self.driver = driver
@@ -98,6 +100,11 @@ class Coordinator:
         """Idle clients in ascending id order."""
         return sorted(self._idle)
 
+    def client_speed(self, client_id: int) -> float | None:
+        """Profiled seconds per local step of a client (simulated device profile, or the one
+        measured at a deployed client's join); None when unknown."""
+        return self._client_speed(client_id) if self._client_speed is not None else None
+
     def dispatch(self, task: Task) -> None:
         """Hand a task to the driver; the client is busy until it returns or is lost."""
         if self.finished:
@@ -122,9 +129,12 @@ class Coordinator:
         self._layout.params.check(params)
         model = GlobalModel(params, buffers, self._model.version + 1)
         self._model = model
-        record: dict[str, Any] = {"version": model.version}
+        record: dict[str, Any] = {"version": model.version, "time": round(self.now, 6)}
         if self.hash_models:
             record["sha256"] = model_digest(model)
+        record.update(
+            {k: v for k, v in info.items() if isinstance(v, bool | int | float | str | list)}
+        )
         self.ledger.record("model", **record)
         losses, self._losses = self._losses, []
         publication = Publication(
@@ -135,6 +145,23 @@ class Coordinator:
         for listener in self.listeners:
             listener(publication)
         return model
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def pending_timers(self) -> dict[str, float]:
+        """Timers the strategy asked for that have not fired yet."""
+        return dict(self._timers)
+
+    def restore(
+        self, model: GlobalModel, strategy_state: dict[str, Any], timers: dict[str, float]
+    ) -> None:
+        """Continue from a checkpoint, before `start`: tasks outstanding when it was taken are
+        gone, and the strategy's `on_start` re-plans them."""
+        self._layout.params.check(model.params)
+        self._model = model
+        self.strategy.load_state_dict(strategy_state)
+        for key, at in timers.items():
+            self.set_timer(at, key)
+        self.finished = model.version >= self.max_versions
 
     # -- events from the driver ------------------------------------------------------------------
     def add_clients(self, client_ids: Iterable[int]) -> None:

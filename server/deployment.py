@@ -13,6 +13,8 @@ import contextlib
 import json
 import secrets
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,14 +23,17 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import yaml
 
 from fedcore.certs import enrolled_clients, peer_client_id
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update
-from fedcore.serialization import FrameError
-from fedcore.server.coordinator import Coordinator
-from fedcore.server.experiment import make_experiment, parse_experiment
+from fedcore.serialization import DTYPE_NAMES, FrameError
+from fedcore.server.checkpoints import CheckpointError, CheckpointStore, ServerState
+from fedcore.server.coordinator import Coordinator, Publication
+from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
+from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.training import LocalTrainer
@@ -36,6 +41,9 @@ from fedcore.typed_config import ConfigError
 from fedcore.wire import VectorAssembler, vector_frames
 
 MAX_CHUNK_BYTES = 2 << 20
+ALL_GONE = "all clients gone"
+#: Config sections that may change between a run and its resumption.
+RESUMABLE_CHANGES = frozenset({"deployment", "output"})
 
 
 @dataclass
@@ -63,14 +71,14 @@ class Refusal(Exception):
 class DeploymentDriver:
     """Implements the coordinator's Driver on the asyncio loop and the wall clock."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock_start: float = 0.0) -> None:
         self.loop = loop
-        self.started = loop.time()
+        self.started = loop.time() - clock_start
         self.coordinator: Coordinator | None = None
         self.slots: dict[int, ClientSlot] = {}
 
     def now(self) -> float:
-        """Seconds since the server started."""
+        """Seconds of serving since the run began (a resumed run continues its clock)."""
         return self.loop.time() - self.started
 
     def send(self, task: Task, model: GlobalModel) -> None:
@@ -85,6 +93,12 @@ class DeploymentDriver:
         assert self.coordinator is not None
         self.loop.call_at(self.started + at, self.coordinator.timer, key)
 
+    def client_speed(self, number: int) -> float | None:
+        """Seconds per step the client measured at its join (None before it joined)."""
+        slot = self.slots.get(number)
+        step = slot.profile.get("step_seconds") if slot is not None else None
+        return float(step) if step else None
+
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """The gRPC face of the coordinator: authenticates every call, then feeds events in."""
@@ -95,8 +109,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         driver: DeploymentDriver,
         enrolled: list[str],
         heartbeat_seconds: float,
+        spool_dir: Path | None = None,
+        spool_bytes: int = 0,
     ) -> None:
         self.coordinator = coordinator
+        self.spool_dir = spool_dir
+        self.spool_bytes = spool_bytes
         self.driver = driver
         self.numbers = {client: number for number, client in enumerate(enrolled)}
         self.names = dict(enumerate(enrolled))
@@ -187,7 +205,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
                 await context.abort(refusal.code, str(refusal))
             return pb.HeartbeatReply(known=False)
-        return pb.HeartbeatReply(known=True)
+        return pb.HeartbeatReply(known=True, done=self.coordinator.finished)
 
     async def GetTask(
         self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
@@ -213,6 +231,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             hyper=task.hyper,
             seed=task.seed,
             deadline_seconds=deadline,
+            extras=[
+                pb.TensorSpec(name=name, dtype=DTYPE_NAMES[tensor.dtype], numel=tensor.numel())
+                for name, tensor in task.extras.items()
+            ],
         )
 
     async def DownloadModel(
@@ -222,12 +244,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.TensorChunk]:
         """Stream the model the client's current task starts from, in bounded chunks."""
         slot = await self._authenticate(context, request.client_id, request.session)
-        model = slot.model
-        if model is None or request.task_id != slot.task_id:
+        model, task = slot.model, slot.task
+        if model is None or task is None or request.task_id != slot.task_id:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
             return
         chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
-        for frame in vector_frames({"params": model.params, "buffers": model.buffers}, chunk):
+        vectors = {"params": model.params, "buffers": model.buffers}
+        vectors.update({f"extra/{name}": t.reshape(-1) for name, t in task.extras.items()})
+        for frame in vector_frames(vectors, chunk):
             self.bytes_down += len(frame)
             yield pb.TensorChunk(frame=frame)
 
@@ -262,7 +286,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             {
                 "delta": (layout.params.numel, layout.params.dtype),
                 "buffers": (layout.buffers.numel, layout.buffers.dtype),
-            }
+            },
+            self.spool_dir,
+            self.spool_bytes,
         )
         try:
             async for part in request_iterator:
@@ -272,6 +298,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 assembler.add(part.frame)
             vectors = assembler.result()
         except FrameError as error:
+            assembler.discard()
             reason = f"malformed upload: {error}"
             self.coordinator.refuse(task, reason)
             self._return(slot)
@@ -300,6 +327,32 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.coordinator.client_gone(slot.number)
         return pb.LeaveReply()
 
+    # -- registry --------------------------------------------------------------------------------
+    def registry(self) -> dict[str, Any]:
+        """The enrolled clients in number order and the last profile each joined with."""
+        return {
+            "clients": [self.names[n] for n in sorted(self.names)],
+            "profiles": {
+                self.names[n]: s.profile for n, s in self.driver.slots.items() if s.profile
+            },
+        }
+
+    def restore_registry(self, registry: dict[str, Any]) -> None:
+        """Take back the profiles of a checkpoint taken with the same enrolment."""
+        enrolled = [self.names[n] for n in sorted(self.names)]
+        if registry.get("clients") != enrolled:
+            raise ConfigError(
+                f"deployment.certs: the enrolled clients changed since the checkpoint "
+                f"({registry.get('clients')} then, {enrolled} now); client numbers would not "
+                "match their data partitions"
+            )
+        for name, profile in registry.get("profiles", {}).items():
+            self.driver.slots[self.numbers[name]].profile = profile
+
+    def connected(self) -> int:
+        """Clients with a live session."""
+        return sum(1 for slot in self.driver.slots.values() if slot.session)
+
     # -- helpers -------------------------------------------------------------------------------
     def _return(self, slot: ClientSlot) -> None:
         if slot.session and slot.number not in self.coordinator.outstanding:
@@ -315,6 +368,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     slot.session = ""
                     slot.task = slot.model = None
                     self.coordinator.client_gone(slot.number)
+                    log(
+                        f"client {self.names[slot.number]} gone (no heartbeat for {timeout:g} s); "
+                        f"{self.connected()} of {len(self.names)} connected"
+                    )
 
 
 def server_credentials(cert_dir: Path) -> grpc.ServerCredentials:
@@ -326,16 +383,22 @@ def server_credentials(cert_dir: Path) -> grpc.ServerCredentials:
     )
 
 
+def log(message: str) -> None:
+    """One line for the operator, on stderr (stdout carries the progress display)."""
+    print(f"fedcore server: {message}", file=sys.stderr, flush=True)
+
+
 async def serve(
     service: CoordinatorService,
     cert_dir: Path,
     address: str,
     *,
     liveness_timeout: float,
+    gone_timeout: float,
     ready: Callable[[int], None],
 ) -> str:
-    """Run the service until training finishes (and clients are told DONE) or SIGTERM/SIGINT;
-    return why it stopped."""
+    """Run the service until training finishes (and clients are told DONE), SIGTERM/SIGINT, or
+    every client has been gone for `gone_timeout` seconds; return why it stopped."""
     coordinator, driver = service.coordinator, service.driver
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
     pb_grpc.add_CoordinatorServicer_to_server(service, server)
@@ -348,9 +411,29 @@ async def serve(
     watcher = asyncio.ensure_future(service.watch_liveness(liveness_timeout))
     coordinator.start()
     reason = f"reached {coordinator.max_versions} model versions"
+    gone_since: float | None = None
+    joined = False
     try:
         while not coordinator.finished and not stop.is_set():
             await asyncio.sleep(0.05)
+            if coordinator.finished:
+                break
+            if service.connected():
+                joined, gone_since = True, None
+            elif joined and gone_since is None:
+                gone_since = time.monotonic()
+                wait = f"up to {gone_timeout:g} s" if gone_timeout else "indefinitely"
+                log(f"all clients gone; waiting {wait} for one to rejoin")
+            elif (
+                gone_since is not None
+                and gone_timeout
+                and (time.monotonic() - gone_since > gone_timeout)
+            ):
+                reason = (
+                    f"{ALL_GONE}: no client connected for {gone_timeout:g} s "
+                    f"(at model version {coordinator.model.version} of {coordinator.max_versions})"
+                )
+                break
         if stop.is_set():
             reason = "stopped by signal"
         for slot in driver.slots.values():
@@ -364,10 +447,55 @@ async def serve(
     return reason
 
 
+def resume_state(
+    experiment: Experiment,
+    config_data: dict[str, Any],
+    run_path: Path | None,
+    ledger: Ledger,
+) -> ServerState | None:
+    """What an existing run directory says to continue from: its newest good checkpoint (None:
+    start from the initial model). Voids ledger entries written after that checkpoint."""
+    if run_path is None or not (run_path / "config.yaml").exists():
+        return None
+    saved = yaml.safe_load((run_path / "config.yaml").read_text())
+    differing = sorted(
+        key
+        for key in set(saved) | set(config_data)
+        if key not in RESUMABLE_CHANGES and saved.get(key) != config_data.get(key)
+    )
+    if differing:
+        raise ConfigError(
+            f"{differing[0]}: differs from the experiment in run directory {run_path}; resume "
+            "with the same config or start a new run directory"
+        )
+    deployment = experiment.config.deployment
+    store = CheckpointStore(run_path / "checkpoints", deployment.checkpoint_keep)
+
+    def ledger_reaches(state: ServerState) -> None:
+        if ledger.size() < state.ledger_position:
+            raise CheckpointError(
+                f"ledger.jsonl has {ledger.size()} bytes, the checkpoint expects "
+                f"{state.ledger_position}"
+            )
+
+    try:
+        state = store.load_latest(experiment.layout, log, ledger_reaches)
+    except CheckpointError as error:
+        raise ConfigError(f"hydra.run.dir: {error}") from None
+    version = state.model.version if state else 0
+    voided = ledger.resume(state.ledger_position if state else 0, version)
+    log(
+        f"resuming {run_path} from model version {version}"
+        + (f" ({voided} ledger entries after that checkpoint voided)" if voided else "")
+    )
+    return state
+
+
 def deploy(
     config_data: dict[str, Any], run_path: Path | None, ready: Callable[[int], None]
 ) -> dict[str, Any]:
-    """Run `fedcore server` for the experiment `config_data` describes; return the summary."""
+    """Run `fedcore server` for the experiment `config_data` describes, resuming from the run
+    directory's checkpoints when it has some; return the summary."""
     experiment_config, _ = parse_experiment(config_data)
     config = experiment_config.deployment
     cert_dir = Path(config.certs)
@@ -379,9 +507,15 @@ def deploy(
         )
     experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
+    state = resume_state(experiment, config_data, run_path, ledger)
+    store = (
+        CheckpointStore(run_path / "checkpoints", config.checkpoint_keep)
+        if run_path is not None and config.checkpoint_every
+        else None
+    )
 
     async def main() -> dict[str, Any]:
-        driver = DeploymentDriver(asyncio.get_running_loop())
+        driver = DeploymentDriver(asyncio.get_running_loop(), state.time if state else 0.0)
         coordinator = Coordinator(
             experiment.strategy,
             experiment.layout,
@@ -389,27 +523,61 @@ def deploy(
             driver,
             max_versions=experiment.config.rounds,
             ledger=ledger,
+            policy=experiment.config.validation,
             hash_models=True,
+            client_speed=driver.client_speed,
         )
         driver.coordinator = coordinator
-        service = CoordinatorService(coordinator, driver, names, config.heartbeat_seconds)
+        spool_dir = (run_path or Path(tempfile.gettempdir())) / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        service = CoordinatorService(
+            coordinator, driver, names, config.heartbeat_seconds, spool_dir, config.spool_bytes
+        )
+        if state is not None:
+            service.restore_registry(state.registry)
+            coordinator.restore(state.model, state.strategy, state.timers)
         report = RunReport(
             experiment,
             LocalTrainer(experiment.build_model),
             config_data,
             run_path,
             lambda: (service.bytes_down, service.bytes_up),
+            resume_version=state.model.version if state else None,
         )
         coordinator.listeners.append(report.record)
+
+        def checkpoint(publication: Publication) -> None:
+            version = publication.model.version
+            if store is None or (version % config.checkpoint_every and not coordinator.finished):
+                return
+            store.save(
+                ServerState(
+                    model=publication.model,
+                    time=publication.time,
+                    strategy=coordinator.strategy.state_dict(),
+                    timers=coordinator.pending_timers(),
+                    registry=service.registry(),
+                    ledger_position=ledger.position(),
+                )
+            )
+
+        coordinator.listeners.append(checkpoint)
         with report:
             reason = await serve(
                 service,
                 cert_dir,
                 config.address,
                 liveness_timeout=config.liveness_timeout,
+                gone_timeout=config.gone_timeout,
                 ready=ready,
             )
         ledger.close()
-        return report.finish(coordinator.model, ledger, stop_reason=reason, seconds=driver.now())
+        return report.finish(
+            coordinator.model,
+            ledger,
+            stop_reason=reason,
+            complete=coordinator.finished,
+            seconds=driver.now(),
+        )
 
     return asyncio.run(main())

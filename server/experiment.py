@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from fedcore.config import ExperimentConfig
-from fedcore.federation import Federation, make_federation, model_builder
+from fedcore.federation import Federation, make_federation, model_builder, server_data
 from fedcore.params import ModelLayout, module_vectors
-from fedcore.strategies.base import GlobalModel, Strategy
+from fedcore.strategies.base import GlobalModel, ServerResources, Strategy
 from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
 
@@ -65,6 +65,7 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     layout = ModelLayout.of(module)
     params, buffers = module_vectors(module, layout)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
+    strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
     return Experiment(
         config, federation, builder, layout, GlobalModel(params, buffers, 0), strategy
     )

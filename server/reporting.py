@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fedcore.memory import peak_rss_bytes
 from fedcore.server.coordinator import Publication, model_digest
 from fedcore.server.evaluation import Evaluator
 from fedcore.server.experiment import Experiment
@@ -36,17 +37,20 @@ class RunReport:
         config_data: dict[str, Any],
         run_path: Path | None,
         traffic: Callable[[], tuple[int, int]],
+        resume_version: int | None = None,
     ) -> None:
         config = experiment.config
         self.experiment = experiment
         self.evaluator = Evaluator(trainer, experiment.federation, config.evaluation, config.seed)
-        self.run_dir = RunDirectory(run_path, config_data) if run_path is not None else None
+        self.run_dir = (
+            RunDirectory(run_path, config_data, resume_version) if run_path is not None else None
+        )
         self.title = (
             f"{config.strategy['name']} on {config.dataset.name} ({config.partition.scheme})"
         )
         self.progress = ProgressDisplay(config.rounds, self.title, config.output.progress)
         self.traffic = traffic
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(self.run_dir.rows) if self.run_dir else []
 
     def __enter__(self) -> RunReport:
         self.progress.__enter__()
@@ -93,6 +97,7 @@ class RunReport:
             "final": self.rows[-1] if self.rows else {},
             "ledger": dict(ledger.counts),
             "model_sha256": model_digest(final),
+            "peak_rss_bytes": peak_rss_bytes(),
         }
         if self.run_dir is not None:
             output = self.experiment.config.output

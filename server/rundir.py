@@ -30,13 +30,22 @@ def write_atomically(path: Path, data: bytes) -> None:
 class RunDirectory:
     """Collects metrics rows and writes the run's artefacts."""
 
-    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, config: dict[str, Any], resume_version: int | None = None
+    ) -> None:
+        """Start a run directory, or continue one from model `resume_version`: its metrics rows
+        up to that version are kept, later ones (of an interrupted round) dropped."""
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         write_atomically(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        metrics = path / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = []
-        self._metrics = (path / "metrics.jsonl").open("a", encoding="utf-8")
-        self.started = time.perf_counter()
+        if resume_version is not None and metrics.exists():
+            lines = metrics.read_text(encoding="utf-8").splitlines()
+            self.rows = [row for row in map(json.loads, lines) if row["version"] <= resume_version]
+            write_atomically(metrics, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        self._metrics = metrics.open("a", encoding="utf-8")
+        self.started = time.perf_counter() - (self.rows[-1]["wall"] if self.rows else 0.0)
 
     def append(self, row: dict[str, Any]) -> None:
         """Record one metrics row (flushed at once, so a crash keeps what was measured)."""

@@ -1,7 +1,8 @@
 """Discrete-event simulation: virtual clients on a virtual clock, driving the real coordinator.
 
 A dispatched task completes at now + download + steps x seconds-per-step + upload, from the
-client's device profile. Local training really runs, in-process when the completion event is
+client's device profile (seconds-per-step as of dispatch, after any scheduled slowdown; a
+client in a scheduled outage becomes idle only when it ends). Local training really runs, in-process when the completion event is
 reached or ahead of time in a `spawn` worker pool, and its update is delivered at that virtual
 time. Clients exist only as ids until they train, so memory follows the clients in flight.
 """
@@ -42,6 +43,7 @@ class EventKind(IntEnum):
     ARRIVAL = 1
     LOST = 2
     IDLE = 3
+    OUTAGE = 4
 
 
 @dataclass(order=True)
@@ -93,7 +95,9 @@ class Simulation:
             self,
             max_versions=config.rounds,
             ledger=ledger,
+            policy=config.validation,
             hash_models=config.simulation.hash_models,
+            client_speed=lambda client: self.profiles.profile(client).step_seconds,
         )
         self._clock = 0.0
         self._events: list[Event] = []
@@ -122,7 +126,7 @@ class Simulation:
         profile = self.profiles.profile(client)
         steps = planned_steps(task, len(self.federation.train_parts[client]))
         download = profile.transfer_seconds(self.model_bytes)
-        compute = steps * profile.step_seconds
+        compute = steps * self.profiles.step_seconds(client, self._clock)
         self.bytes_down += self.model_bytes
         if self.profiles.drops_out(client, task.seed):
             self._in_flight[client] = InFlight(task, model)
@@ -146,6 +150,8 @@ class Simulation:
             self.coordinator.listeners.append(on_publish)
         coordinator = self.coordinator
         coordinator.add_clients(range(self.experiment.config.num_clients))
+        for index, at in enumerate(self.profiles.outage_starts()):
+            self._push(at, EventKind.OUTAGE, key=str(index))
         coordinator.start()
         max_time = self.experiment.config.simulation.max_time
         reason = "all clients gone: no client can be scheduled and none is training"
@@ -186,8 +192,26 @@ class Simulation:
             flight = self._in_flight.pop(event.client)
             coordinator.task_lost(flight.task)
             self._return_later(event.client, flight.task.seed, rejoin=True)
+        elif event.kind is EventKind.OUTAGE:
+            self._begin_outage()
         else:
-            coordinator.client_idle(event.client)
+            self._come_back(event.client)
+
+    def _begin_outage(self) -> None:
+        """Idle clients an outage hits leave now; busy or offline ones are held back when they
+        would next become idle (`_come_back`, `_return_later`)."""
+        for client in self.coordinator.idle_clients():
+            back = self.profiles.offline_until(client, self._clock)
+            if back > self._clock:
+                self.coordinator.client_gone(client)
+                self._push(back, EventKind.IDLE, client)
+
+    def _come_back(self, client: int) -> None:
+        back = self.profiles.offline_until(client, self._clock)
+        if back > self._clock:
+            self._push(back, EventKind.IDLE, client)
+        else:
+            self.coordinator.client_idle(client)
 
     def _train(self, flight: InFlight) -> Update:
         if flight.result is not None:
@@ -197,8 +221,9 @@ class Simulation:
 
     def _return_later(self, client: int, task_seed: int, rejoin: bool = False) -> None:
         delay = self.profiles.offline_after(client, task_seed, forced=rejoin)
-        if delay > 0:
-            self._push(self._clock + delay, EventKind.IDLE, client)
+        back = self.profiles.offline_until(client, self._clock + delay)
+        if back > self._clock:
+            self._push(back, EventKind.IDLE, client)
         else:
             self.coordinator.client_idle(client)
 

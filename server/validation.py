@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from fedcore.config import ValidationPolicy
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update, dense_delta
 
 
 class UpdateRejected(ValueError):
     """An update failed validation; the message names the reason."""
-
-
-@dataclass(frozen=True)
-class ValidationPolicy:
-    """Bounds an update must respect."""
-
-    max_examples: int = 10_000_000
-    max_delta_norm: float = 0.0
 
 
 def all_finite(vector: torch.Tensor) -> bool:

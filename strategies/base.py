@@ -10,12 +10,15 @@ Synchronous rounds, FedAsync, FedBuff and FedCompass are all policies over these
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
+from fedcore.data.split import Split
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update
 
@@ -27,6 +30,16 @@ class GlobalModel:
     params: torch.Tensor
     buffers: torch.Tensor
     version: int
+
+
+@dataclass(frozen=True)
+class ServerResources:
+    """What the server holds besides the model: its own small data set (`proxy`, None when the
+    config gives none; FedLAW learns its aggregation weights on it) and the model's constructor."""
+
+    build_model: Callable[[], nn.Module]
+    layout: ModelLayout
+    proxy: Split | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,10 @@ class StrategyContext(Protocol):
     def idle_clients(self) -> list[int]:
         """Connected clients with no outstanding task, in ascending id order."""
 
+    def client_speed(self, client_id: int) -> float | None:
+        """A client's profiled seconds per local step (simulated profile, or measured at a
+        deployed client's join); None when the runtime does not know it."""
+
     def dispatch(self, task: Task) -> None:
         """Send `task` to its client; the client gets the model of `task.version`."""
 
@@ -64,7 +81,11 @@ class StrategyContext(Protocol):
         """Call `on_timer(key)` at time `at` (replacing a pending timer of that key)."""
 
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
-        """Make (params, buffers) the next global model version and return it."""
+        """Make (params, buffers) the next global model version and return it.
+
+        Publication is the commit point of checkpoints: the server saves `state_dict()` during
+        this call, so the strategy's state must already describe the new model when it calls.
+        """
 
 
 class Strategy(ABC):
@@ -89,9 +110,14 @@ class Strategy(ABC):
         """Bind to a runtime before the first event."""
         self._ctx = ctx
 
+    def bind_resources(self, resources: ServerResources) -> None:
+        """Receive server-side resources once, when the experiment is built. Strategies that
+        need one (e.g. a proxy set) check it here and raise ConfigError naming the config key."""
+
     @abstractmethod
     def on_start(self) -> None:
-        """The federation starts (or resumes from a checkpoint)."""
+        """The federation starts, or resumes after `load_state_dict`: tasks outstanding when the
+        checkpoint was taken never return, so a resumed strategy re-plans them here."""
 
     @abstractmethod
     def on_client_idle(self, client_id: int) -> None:

@@ -6,9 +6,14 @@ from typing import Any
 
 from fedcore.strategies.base import Strategy
 from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
+from fedcore.strategies.fedamd import FedAMD, FedAMDConfig
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
+from fedcore.strategies.fedbuff import FedBuff, FedBuffConfig
+from fedcore.strategies.fedcompass import FedCompass, FedCompassConfig
+from fedcore.strategies.fedlaw import FedLAW, FedLAWConfig
+from fedcore.strategies.fedld import FedLD, FedLDConfig
 from fedcore.strategies.fedprox import FedProx, FedProxConfig
 
 STRATEGIES: dict[str, tuple[type[Any], type[Strategy]]] = {
@@ -17,6 +22,11 @@ STRATEGIES: dict[str, tuple[type[Any], type[Strategy]]] = {
     "fedavgm": (FedAvgMConfig, FedAvgM),
     "fedadam": (FedAdamConfig, FedAdam),
     "fedasync": (FedAsyncConfig, FedAsync),
+    "fedbuff": (FedBuffConfig, FedBuff),
+    "fedcompass": (FedCompassConfig, FedCompass),
+    "fedamd": (FedAMDConfig, FedAMD),
+    "fedld": (FedLDConfig, FedLD),
+    "fedlaw": (FedLAWConfig, FedLAW),
 }
 
 

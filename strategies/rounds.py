@@ -120,7 +120,9 @@ class SynchronousRounds(Strategy):
     def _close_round(self) -> None:
         params, buffers = self.aggregate()
         self.in_round = False
-        self.ctx.publish(params, buffers, round=self.round, participants=len(self.arrived))
+        self.ctx.publish(
+            params, buffers, round=self.round, participants=len(self.arrived), **self.round_info()
+        )
         self.reset_round()
         self._try_open_round()
 
@@ -139,6 +141,10 @@ class SynchronousRounds(Strategy):
     @abstractmethod
     def aggregate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next global (params, buffers) from everything absorbed this round."""
+
+    def round_info(self) -> dict[str, Any]:
+        """Extra facts about the last `aggregate()` to publish with the model (metrics, ledger)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Round counter and cohort; a round in flight is re-dispatched on resume."""

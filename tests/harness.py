@@ -23,6 +23,7 @@ class ScriptedContext:
         self.timers: dict[str, float] = {}
         self.infos: list[dict[str, Any]] = []
         self.clock = 0.0
+        self.speeds: dict[int, float] = {}
         self.strategy = strategy
         strategy.attach(self)
 
@@ -40,6 +41,9 @@ class ScriptedContext:
 
     def idle_clients(self) -> list[int]:
         return sorted(self.idle)
+
+    def client_speed(self, client_id: int) -> float | None:
+        return self.speeds.get(client_id)
 
     def dispatch(self, task: Task) -> None:
         self.idle.discard(task.client_id)

@@ -49,3 +49,47 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
     else:
         assert [case["num_clients"] for case in result["cases"]] == [100, 1000]
         assert all(case["peak_rss_bytes"] > 0 for case in result["cases"])
+
+
+def test_asynchrony_benchmark_runs_quick_and_writes_its_json_and_plot(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.asynchrony", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "asynchrony.json").read_text())
+    assert result["benchmark"] == "asynchrony" and result["quick"] is True
+    assert set(result["summary"]) == {"fedavg", "fedasync", "fedbuff", "fedcompass"}
+    assert set(result["claim"]) == {
+        "faster_than_asynchronous",
+        "more_accurate_than_asynchronous",
+        "faster_than_synchronous",
+    }
+    assert all(run["curve"][0][0] == 0.0 and run["local_steps"] > 0 for run in result["runs"])
+    assert (tmp_path / "asynchrony.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_research_benchmark_runs_quick_and_writes_its_table_json_and_plot(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.research", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Issue-4 reproduction" in done.stdout
+    result = json.loads((tmp_path / "research.json").read_text())
+    assert result["benchmark"] == "research" and result["quick"] is True and result["passed"]
+    methods = {"fedavg", "fedprox", "fedld", "fedlaw", "fedamd", "fedamd+init"}
+    for setting in result["summary"].values():
+        assert set(setting) == methods
+        assert setting["fedavg"]["passes_per_client_round"] == 10.0
+        assert setting["fedamd"]["passes_per_client_round"] > 10.0, "anchors and 2-pass steps"
+        assert all(0 <= m["final_mean"] <= 1 for m in setting.values())
+    assert (tmp_path / "research.png").read_bytes()[:4] == b"\x89PNG"

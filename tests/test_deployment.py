@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from fedcore.certs import certs_main
 from fedcore.serialization import decode_many
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.simulation import Simulation
+from tests.processes import client, fedcore, make_certs, server_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,67 +31,25 @@ SERVER_ARGS = [
 ]
 
 
-def _fedcore(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedcore.cli", *args],
-        cwd=cwd,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _port(server: subprocess.Popen[str]) -> int:
-    assert server.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in server.stdout:
-        found = re.search(r"listening on port (\d+)", line)
-        if found:
-            return int(found.group(1))
-        assert time.monotonic() < deadline, "server did not start"
-    raise AssertionError(f"server exited with {server.wait()}")
-
-
 @pytest.fixture(scope="module")
 def federation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One server and four clients, run to completion; returns the server's run directory."""
     root = tmp_path_factory.mktemp("deploy")
-    assert (
-        certs_main(
-            ["init", "--dir", str(root / "certs"), "--server-name", "localhost", "--clients", "4"]
-        )
-        == 0
-    )
-    server = _fedcore(
+    make_certs(root, 4)
+    server = fedcore(
         "server",
         *SERVER_ARGS,
         f"deployment.certs={root / 'certs'}",
         f"hydra.run.dir={root / 'run'}",
         cwd=root,
     )
-    port = _port(server)
-    clients = [
-        _fedcore(
-            "client",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--id",
-            f"client-{i}",
-            "--certs",
-            str(root / "certs"),
-            "--config",
-            str(root / "run" / "config.yaml"),
-            "--server-name",
-            "localhost",
-            cwd=root,
-        )
-        for i in range(4)
-    ]
+    port = server_port(server)
+    clients = [client(root, port, i) for i in range(4)]
     outputs = [c.communicate(timeout=240)[0] for c in clients]
     server_output = server.communicate(timeout=60)[0]
     assert server.returncode == 0, server_output
-    for client, output in zip(clients, outputs, strict=True):
-        assert client.returncode == 0, output
+    for process, output in zip(clients, outputs, strict=True):
+        assert process.returncode == 0, output
         assert "done, 3 updates accepted" in output
     return root / "run"
 

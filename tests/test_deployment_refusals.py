@@ -18,7 +18,7 @@ from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.serialization import encode
 from fedcore.server.ledger import read_ledger
 from fedcore.wire import vector_frames
-from tests.test_deployment import _port
+from tests.processes import server_port
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
         stderr=subprocess.STDOUT,
     )
     try:
-        yield _port(process), root
+        yield server_port(process), root
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -78,3 +78,15 @@ def test_reset_empties_in_place():
     assert acc.count == 0 and acc.weight == 0.0 and acc.sum.data_ptr() == storage
     acc.add(torch.full((4,), 3.0), 1.0)
     assert torch.equal(acc.mean(), torch.full((4,), 3.0))
+
+
+def test_two_updates_fold_to_the_same_bits_in_either_order() -> None:
+    """No fused multiply-add: a deployment's arrival order cannot change a two-client round."""
+    generator = torch.Generator().manual_seed(5)
+    a, b = torch.randn(200_003, generator=generator), torch.randn(200_003, generator=generator)
+    forward, backward = StreamingAccumulator(a.numel()), StreamingAccumulator(a.numel())
+    forward.add(a, 317.0)
+    forward.add(b, 211.0)
+    backward.add(b, 211.0)
+    backward.add(a, 317.0)
+    assert torch.equal(forward.mean(), backward.mean())

@@ -23,25 +23,11 @@ from google.protobuf import json_format
 from fedcore import certs
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pbg
+from tests.rvstack import set_up
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO = REPO / "fedcore" / "proto"
 GENERATED = ["coordinator_pb2.py", "coordinator_pb2_grpc.py", "coordinator_pb2.pyi"]
-CACHE = Path(
-    os.environ.get("FEDCORE_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedcore"
-)
-# pip's words when it cannot reach the index (retries on, then off): set-up is skipped then.
-NO_NETWORK = (
-    "No matching distribution found",
-    "NewConnectionError",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "ProxyError",
-)
 RPCS = {
     "Join": ("unary_unary", "JoinRequest", "JoinReply"),
     "Heartbeat": ("unary_unary", "HeartbeatRequest", "HeartbeatReply"),
@@ -94,28 +80,6 @@ def _message(name: str, spec: dict[str, Any]) -> Any:
     return json_format.ParseDict(spec, getattr(pb, name)())
 
 
-def _set_up(command: list[str], what: str) -> None:
-    """Run a set-up command; skip when it failed for want of network, fail otherwise."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"{what}: timed out after 300 s (PyPI unreachable?)")
-    if done.returncode != 0:
-        output = done.stdout + done.stderr
-        if any(marker in output for marker in NO_NETWORK):
-            last = output.strip().splitlines()[-1]
-            pytest.skip(f"{what}: packages unobtainable, no network to the index? ({last})")
-        pytest.fail(f"{what} failed ({done.returncode}):\n{output[-3000:]}")
-
-
-@pytest.fixture(scope="session")
-def rv_python() -> Path:
-    """The python of a venv with the RISC-V client's stack (grpcio 1.51.1, protobuf 4.21.12)."""
-    venv = CACHE / "rvstack"
-    _set_up(["bash", str(REPO / "scripts" / "rv_stack_venv.sh"), str(venv)], "rv-stack venv")
-    return venv / "bin" / "python"
-
-
 def _run_rv(rv_python: Path, code: str, *args: str) -> Any:
     """Run `code` on the RISC-V stack with only the repo on its path; return its last line's JSON."""
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(Path.home())}
@@ -149,7 +113,7 @@ def test_grpc_stub_imports_messages_from_the_package() -> None:
 
 def test_generated_code_is_current_with_the_proto() -> None:
     """scripts/gen_proto.sh --check regenerates with grpcio-tools 1.51.3 and compares."""
-    _set_up(["bash", str(REPO / "scripts" / "gen_proto.sh"), "--check"], "gen_proto.sh --check")
+    set_up(["bash", str(REPO / "scripts" / "gen_proto.sh"), "--check"], "gen_proto.sh --check")
 
 
 def test_messages_round_trip_on_this_runtime() -> None:

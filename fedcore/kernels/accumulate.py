@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+#: Elements scaled per step of a fold: the scratch product stays in cache.
+FOLD_CHUNK = 1 << 16
+
 
 class StreamingAccumulator:
     """Running (sum of w_i * x_i, sum of w_i) over vectors that arrive one at a time."""
@@ -21,6 +24,7 @@ class StreamingAccumulator:
         self.sum = torch.zeros(numel, dtype=dtype, device=self.device)
         self.weight = 0.0
         self.count = 0
+        self._scratch = torch.empty(min(numel, FOLD_CHUNK), dtype=dtype, device=self.device)
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event]] = []
 
     def reset(self) -> None:
@@ -30,12 +34,19 @@ class StreamingAccumulator:
         self.count = 0
 
     def add(self, vector: torch.Tensor, weight: float) -> None:
-        """Fold `weight * vector` into the running sum."""
+        """Fold `weight * vector` into the running sum: product rounded, then added (no fused
+        multiply-add), so that two updates give the same bits in either arrival order."""
         if vector.shape != self.sum.shape:
             raise ValueError(
                 f"vector of shape {tuple(vector.shape)} does not fit {tuple(self.sum.shape)}"
             )
-        self.sum.add_(self._on_device(vector), alpha=weight)
+        vector = self._on_device(vector)
+        scaled = self._scratch
+        for start in range(0, vector.numel(), FOLD_CHUNK):
+            part = vector[start : start + FOLD_CHUNK]
+            product = scaled[: part.numel()]
+            torch.mul(part, weight, out=product)
+            self.sum[start : start + FOLD_CHUNK].add_(product)
         self.weight += weight
         self.count += 1
 

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -46,10 +46,12 @@ class DownloadRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ..., task_id: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ["known"]
+    __slots__ = ["done", "known"]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    done: bool
     known: bool
-    def __init__(self, known: bool = ...) -> None: ...
+    def __init__(self, known: bool = ..., done: bool = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ["client_id", "session"]
@@ -94,7 +96,7 @@ class LeaveRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class TaskReply(_message.Message):
-    __slots__ = ["deadline_seconds", "hyper", "kind", "local_steps", "seed", "status", "task_id", "version"]
+    __slots__ = ["deadline_seconds", "extras", "hyper", "kind", "local_steps", "seed", "status", "task_id", "version"]
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = []
     class HyperEntry(_message.Message):
@@ -106,6 +108,7 @@ class TaskReply(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DONE: TaskReply.Status
+    EXTRAS_FIELD_NUMBER: _ClassVar[int]
     HYPER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +119,7 @@ class TaskReply(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WAIT: TaskReply.Status
     deadline_seconds: float
+    extras: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     hyper: _containers.ScalarMap[str, float]
     kind: str
     local_steps: int
@@ -123,7 +127,7 @@ class TaskReply(_message.Message):
     status: TaskReply.Status
     task_id: str
     version: int
-    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., extras: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ["client_id", "session", "wait_seconds"]
@@ -140,6 +144,16 @@ class TensorChunk(_message.Message):
     FRAME_FIELD_NUMBER: _ClassVar[int]
     frame: bytes
     def __init__(self, frame: _Optional[bytes] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ["dtype", "name", "numel"]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUMEL_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    name: str
+    numel: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., numel: _Optional[int] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ["frame", "header"]

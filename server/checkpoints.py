@@ -1,0 +1,192 @@
+"""Atomic server checkpoints in the run directory, and resuming from the newest good one.
+
+Each checkpoint is a folder `checkpoints/v<version>` holding `tensors.fct` (fedcore tensor
+frames: the global model and every tensor in the strategy state), `state.json` (everything
+else) and `manifest.json` (sha256 of both), written in that order with fsync, the manifest
+last, and then renamed into place. A folder without a valid manifest, or whose files do not
+match it, is skipped in favour of the previous one with a log line saying why. Nothing is ever
+unpickled: tensors are decoded by the bounded frame parser, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcore.params import ModelLayout
+from fedcore.serialization import FrameError, decode_many, encode_many
+from fedcore.server.rundir import write_atomically
+from fedcore.strategies.base import GlobalModel
+
+FORMAT = 1
+TENSOR_REF = "__tensor__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says why."""
+
+
+@dataclass
+class ServerState:
+    """Everything `fedcore server` needs to continue a run exactly where a checkpoint left it."""
+
+    model: GlobalModel
+    time: float
+    strategy: dict[str, Any]
+    timers: dict[str, float] = field(default_factory=dict)
+    registry: dict[str, Any] = field(default_factory=dict)
+    ledger_position: int = 0
+
+
+def pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` as JSON-able data, its tensors moved into `tensors` and replaced by references."""
+    if isinstance(value, torch.Tensor):
+        key = f"state/{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {TENSOR_REF: key}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("checkpointed dicts need string keys")
+        return {k: pack(v, tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [pack(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot checkpoint a {type(value).__name__}")
+
+
+def unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `pack`."""
+    if isinstance(value, dict):
+        if set(value) == {TENSOR_REF}:
+            key = value[TENSOR_REF]
+            if key not in tensors:
+                raise CheckpointError(f"state refers to tensor {key!r}, which is not stored")
+            return tensors[key]
+        return {k: unpack(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unpack(v, tensors) for v in value]
+    return value
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class CheckpointStore:
+    """Writes and finds checkpoints under `directory`, keeping the newest `keep`."""
+
+    def __init__(self, directory: Path, keep: int = 3) -> None:
+        self.directory = directory
+        self.keep = keep
+
+    def save(self, state: ServerState) -> Path:
+        """Write one checkpoint atomically: files, fsync, manifest last, rename, prune."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"model/params": state.model.params, "model/buffers": state.model.buffers}
+        document = {
+            "format": FORMAT,
+            "version": state.model.version,
+            "time": state.time,
+            "strategy": pack(state.strategy, tensors),
+            "timers": state.timers,
+            "registry": state.registry,
+            "ledger_position": state.ledger_position,
+        }
+        files = {
+            "tensors.fct": encode_many(tensors),
+            "state.json": json.dumps(document).encode(),
+        }
+        final = self.directory / f"v{state.model.version:08d}"
+        staging = self.directory / f".{final.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name, data in files.items():
+            write_atomically(staging / name, data)
+        manifest = {"format": FORMAT, "files": {n: _sha256(d) for n, d in files.items()}}
+        write_atomically(staging / "manifest.json", json.dumps(manifest).encode())
+        _fsync_directory(staging)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        _fsync_directory(self.directory)
+        for stale in self.checkpoints()[self.keep :]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint folders, newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if p.is_dir() and p.name.startswith("v")]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def load_latest(
+        self,
+        layout: ModelLayout,
+        log: Callable[[str], None],
+        check: Callable[[ServerState], None] = lambda state: None,
+    ) -> ServerState | None:
+        """The newest checkpoint that verifies and passes `check` (which raises CheckpointError),
+        logging why each newer one was skipped; None when there is none at all. Raises
+        CheckpointError when some exist but none is usable."""
+        candidates = self.checkpoints()
+        reasons: list[str] = []
+        for path in candidates:
+            try:
+                state = read_checkpoint(path, layout)
+                check(state)
+                return state
+            except CheckpointError as error:
+                reasons.append(f"{path.name}: {error}")
+                log(f"checkpoint {path} is unusable ({error}); falling back to an older one")
+        if candidates:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.directory}: " + "; ".join(reasons)
+            )
+        return None
+
+
+def read_checkpoint(path: Path, layout: ModelLayout) -> ServerState:
+    """Verify a checkpoint folder against its manifest and the model layout, then decode it."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_bytes())
+        files = {name: (path / name).read_bytes() for name in ("tensors.fct", "state.json")}
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"missing or unreadable file: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"manifest is not format {FORMAT}")
+    for name, data in files.items():
+        if manifest.get("files", {}).get(name) != _sha256(data):
+            raise CheckpointError(f"{name} does not match the sha256 in its manifest")
+    try:
+        tensors = decode_many(files["tensors.fct"])
+        document = json.loads(files["state.json"])
+        params, buffers = tensors["model/params"], tensors["model/buffers"]
+        layout.params.check(params)
+        layout.buffers.check(buffers)
+        return ServerState(
+            model=GlobalModel(params, buffers, int(document["version"])),
+            time=float(document["time"]),
+            strategy=unpack(document["strategy"], tensors),
+            timers={str(k): float(v) for k, v in document["timers"].items()},
+            registry=dict(document["registry"]),
+            ledger_position=int(document["ledger_position"]),
+        )
+    except (FrameError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"inconsistent contents: {error}") from None

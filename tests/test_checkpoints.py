@@ -1,0 +1,169 @@
+"""Checkpoint files: atomic layout, verification, fallback to an older one; ledger resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fedcore.params import ModelLayout, module_vectors
+from fedcore.server.checkpoints import (
+    CheckpointError,
+    CheckpointStore,
+    ServerState,
+    pack,
+    unpack,
+)
+from fedcore.server.ledger import Ledger, read_ledger
+from fedcore.strategies.base import GlobalModel
+
+MODULE = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+LAYOUT = ModelLayout.of(MODULE)
+
+
+def _state(version: int) -> ServerState:
+    params, buffers = module_vectors(MODULE, LAYOUT)
+    return ServerState(
+        model=GlobalModel(params + version, buffers, version),
+        time=1.5 * version,
+        strategy={
+            "rng": {"state": {"state": 2**100 + version, "inc": 7}},
+            "moments": [torch.full((3,), float(version)), {"v": torch.arange(4)}],
+            "round": version,
+        },
+        timers={"round-deadline-1": 9.0},
+        registry={"clients": ["a", "b"], "profiles": {}},
+        ledger_position=100 * version,
+    )
+
+
+def test_pack_moves_every_tensor_out_and_unpack_restores_it() -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    state = _state(2).strategy
+    document = json.loads(json.dumps(pack(state, tensors)))
+    assert len(tensors) == 2
+    restored = unpack(document, tensors)
+    assert torch.equal(restored["moments"][0], state["moments"][0])
+    assert torch.equal(restored["moments"][1]["v"], state["moments"][1]["v"])
+    assert restored["rng"] == state["rng"] and restored["round"] == 2
+    with pytest.raises(TypeError, match="cannot checkpoint a set"):
+        pack({"bad": {1, 2}}, {})
+
+
+def test_saved_checkpoint_reads_back_exactly_and_old_ones_are_pruned(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoints", keep=2)
+    for version in (1, 2, 3):
+        store.save(_state(version))
+    assert [p.name for p in store.checkpoints()] == ["v00000003", "v00000002"]
+    assert sorted(p.name for p in store.checkpoints()[0].iterdir()) == [
+        "manifest.json",
+        "state.json",
+        "tensors.fct",
+    ]
+    loaded = store.load_latest(LAYOUT, print)
+    assert loaded is not None
+    expected = _state(3)
+    assert loaded.model.version == 3 and torch.equal(loaded.model.params, expected.model.params)
+    assert torch.equal(loaded.strategy["moments"][0], expected.strategy["moments"][0])
+    assert loaded.strategy["rng"] == expected.strategy["rng"]
+    assert (loaded.time, loaded.timers, loaded.ledger_position) == (
+        4.5,
+        {"round-deadline-1": 9.0},
+        300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: _flip(p / "tensors.fct"), "tensors.fct does not match the sha256"),
+        (lambda p: _flip(p / "state.json"), "state.json does not match the sha256"),
+        (lambda p: (p / "manifest.json").unlink(), "missing or unreadable file"),
+        (lambda p: (p / "manifest.json").write_text("{}"), "manifest is not format 1"),
+    ],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
+    tmp_path: Path, damage, reason: str
+) -> None:
+    store = CheckpointStore(tmp_path, keep=3)
+    for version in (1, 2):
+        store.save(_state(version))
+    damage(store.checkpoints()[0])
+    lines: list[str] = []
+    loaded = store.load_latest(LAYOUT, lines.append)
+    assert loaded is not None and loaded.model.version == 1
+    assert len(lines) == 1 and "v00000002" in lines[0] and reason in lines[0]
+
+
+def test_a_checkpoint_for_another_model_is_refused(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(_state(1))
+    other = ModelLayout.of(nn.Linear(3, 5))
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*does not match spec"):
+        store.load_latest(other, print)
+
+
+def test_check_can_reject_a_checkpoint_and_none_at_all_is_none(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    assert store.load_latest(LAYOUT, print) is None
+    store.save(_state(1))
+    store.save(_state(2))
+
+    def small_ledger(state: ServerState) -> None:
+        if state.ledger_position > 150:
+            raise CheckpointError("ledger too short")
+
+    loaded = store.load_latest(LAYOUT, lambda line: None, small_ledger)
+    assert loaded is not None and loaded.model.version == 1
+
+
+def test_ledger_resume_voids_entries_after_the_checkpoint(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.record("accepted", client=0, base_version=0)
+    ledger.record("model", version=1)
+    position = ledger.position()
+    ledger.record("accepted", client=1, base_version=1)
+    ledger.close()
+    resumed = Ledger(tmp_path / "ledger.jsonl")
+    assert resumed.resume(position, version=1) == 1
+    assert resumed.counts == {"accepted": 1, "model": 1, "resumed": 1}
+    resumed.record("accepted", client=1, base_version=1)
+    resumed.close()
+    everything = read_ledger(tmp_path / "ledger.jsonl")
+    effective = read_ledger(tmp_path / "ledger.jsonl", effective=True)
+    assert [e["event"] for e in everything] == [
+        "accepted",
+        "model",
+        "accepted",
+        "resumed",
+        "accepted",
+    ]
+    assert [e["event"] for e in effective] == ["accepted", "model", "resumed", "accepted"]
+    with pytest.raises(ValueError, match="checkpoint expects"):
+        Ledger(tmp_path / "ledger.jsonl").resume(10**6, version=1)
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_line_cut_short_by_a_crash_is_voided_by_the_resume(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.record("model", version=1)
+    position = ledger.position()
+    ledger.close()
+    with path.open("ab") as handle:
+        handle.write(b'{"event":"accep')
+    with pytest.raises(ValueError, match="not JSON"):
+        read_ledger(path)
+    resumed = Ledger(path)
+    assert resumed.resume(position, version=1) == 1
+    resumed.record("model", version=2)
+    resumed.close()
+    assert [e["event"] for e in read_ledger(path, effective=True)] == ["model", "resumed", "model"]
