@@ -15,7 +15,7 @@ import torch
 from fedcore.certs import certs_main
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
-from fedcore.serialization import encode
+from fedcore.serialization import decode_frame, encode
 from fedcore.server.ledger import read_ledger
 from fedcore.wire import vector_frames
 from tests.processes import server_port
@@ -46,6 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
             "num_clients=4",
             "clients_per_round=1",
             "rounds=1000",
+            "validation.max_delta_norm=1000",
             "output.progress=off",
             "evaluation.every=1000",
             "deployment.address=127.0.0.1:0",
@@ -117,6 +118,16 @@ def test_unenrolled_and_impersonating_clients_are_refused(server):
     assert "certificate belongs to 'client-1'" in error.value.details()
 
 
+def decode_stream(data: bytes) -> list[tuple[str, torch.Tensor]]:
+    """The (name, chunk) of each tensor frame in a concatenated download."""
+    chunks, offset = [], 0
+    while offset < len(data):
+        header, chunk, used = decode_frame(data[offset:])
+        chunks.append((header.name, chunk))
+        offset += used
+    return chunks
+
+
 def _next_task(stub, session: str) -> pb.TaskReply:
     for _ in range(20):
         reply = stub.GetTask(
@@ -127,12 +138,14 @@ def _next_task(stub, session: str) -> pb.TaskReply:
     raise AssertionError("no task dispatched")
 
 
-def _upload(stub, session, task, frames: list[bytes], examples: int = 10) -> pb.UploadReply:
+def _upload(
+    stub, session, task, frames: list[bytes], examples: int = 10, version_lag: int = 0
+) -> pb.UploadReply:
     header = pb.UploadHeader(
         client_id="client-2",
         session=session,
         task_id=task.task_id,
-        base_version=task.version,
+        base_version=task.version - version_lag,
         num_examples=examples,
         payload="dense",
     )
@@ -168,6 +181,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         (frames(delta=nan), 10, "NaN or Inf"),
         (frames(delta=torch.full((size,), float("inf"))), 10, "NaN or Inf"),
         (frames(), 10**9, "claimed example count"),
+        (frames(delta=torch.full((size,), 1e4)), 10, "above bound 1000"),
     ]
     for bad, examples, reason in cases:
         task = _next_task(stub, joined.session)
@@ -175,6 +189,18 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
 
     task = _next_task(stub, joined.session)
+    assert _upload(stub, joined.session, task, frames(delta=torch.full((size,), 0.01))).accepted
+    task = _next_task(stub, joined.session)
+    assert task.version >= 1
+    stale = _upload(stub, joined.session, task, frames(), version_lag=1)
+    assert not stale.accepted and "based on version" in stale.reason
+    cases.append((frames(), 10, "stale"))
+
+    task = _next_task(stub, joined.session)
+    request = pb.DownloadRequest(client_id="client-2", session=joined.session, task_id=task.task_id)
+    model = b"".join(c.frame for c in stub.DownloadModel(request, timeout=30))
+    params = torch.cat([t for name, t in decode_stream(model) if name == "params"])
+    assert torch.isfinite(params).all() and params.abs().max() > 0, "the model stays finite"
     assert _upload(stub, joined.session, task, frames()).accepted
     with pytest.raises(grpc.RpcError) as error:
         _upload(stub, joined.session, task, frames())
@@ -185,7 +211,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     rejected = [e["reason"] for e in entries if e["event"] == "rejected"]
     assert len(rejected) == len(cases)
     assert sum(e["event"] == "refused" for e in entries) == 1
-    assert sum(e["event"] == "accepted" for e in entries) == 1
+    assert sum(e["event"] == "accepted" for e in entries) == 2
     assert stub.Heartbeat(
         pb.HeartbeatRequest(client_id="client-2", session=joined.session), timeout=10
     ).known, "the server keeps serving"
