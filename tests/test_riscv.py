@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -189,5 +190,5 @@ def test_fedcompass_gives_the_slow_riscv64_client_fewer_local_steps(
 
     riscv, x86 = steps("client-1"), steps("client-0")
     assert len(riscv) >= 2 and x86, (riscv, x86)
-    assert min(riscv) < min(x86), (riscv, x86)
+    assert statistics.median(riscv) < statistics.median(x86), (riscv, x86)
     assert sum(riscv) / len(riscv) < sum(x86) / len(x86), (riscv, x86)
