@@ -16,7 +16,13 @@ from torch import nn
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
 from fedcore.records import Task, Update, WorkKind, delta_update
-from fedcore.variance_reduced import DIRECTION, AnchorMemory, anchor_update, miner_update
+from fedcore.variance_reduced import (
+    ANCHOR_BATCH,
+    DIRECTION,
+    AnchorMemory,
+    anchor_update,
+    miner_update,
+)
 
 
 class LocalTrainer:
@@ -147,6 +153,20 @@ def planned_steps(task: Task, num_examples: int) -> int:
         return task.local_steps
     batch_size = max(1, min(int(task.hyper.get("batch_size", 32)), num_examples))
     return math.ceil(epochs * num_examples / batch_size)
+
+
+def planned_passes(task: Task, num_examples: int) -> float:
+    """What a task costs in minibatch forward/backward passes (the simulated clock charges
+    this): a step each for SGD; two per step after the first for a FedAMD miner with a
+    direction; an anchor's large batch over the batch size."""
+    steps = planned_steps(task, num_examples)
+    if task.kind is WorkKind.MINER and DIRECTION in task.extras:
+        return float(2 * steps - 1)
+    if task.kind is WorkKind.ANCHOR:
+        wanted = int(task.hyper.get(ANCHOR_BATCH, 0))
+        examples = num_examples if wanted <= 0 else min(wanted, num_examples)
+        return examples / max(1, min(int(task.hyper.get("batch_size", 32)), num_examples))
+    return float(steps)
 
 
 def task_batches(task: Task, num_examples: int) -> list[torch.Tensor]:

@@ -33,7 +33,7 @@ from fedcore.server.experiment import (
 from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer, planned_steps
+from fedcore.training import LocalTrainer, planned_passes
 
 
 class EventKind(IntEnum):
@@ -124,10 +124,11 @@ class Simulation:
         """Schedule the task's completion (or its client's dropout) from the device profile."""
         client = task.client_id
         profile = self.profiles.profile(client)
-        steps = planned_steps(task, len(self.federation.train_parts[client]))
-        download = profile.transfer_seconds(self.model_bytes)
-        compute = steps * self.profiles.step_seconds(client, self._clock)
-        self.bytes_down += self.model_bytes
+        passes = planned_passes(task, len(self.federation.train_parts[client]))
+        extras = sum(t.numel() * t.element_size() for t in task.extras.values())
+        download = profile.transfer_seconds(self.model_bytes + extras)
+        compute = passes * self.profiles.step_seconds(client, self._clock)
+        self.bytes_down += self.model_bytes + extras
         if self.profiles.drops_out(client, task.seed):
             self._in_flight[client] = InFlight(task, model)
             self._push(self._clock + download + compute / 2, EventKind.LOST, client)

@@ -22,6 +22,8 @@ class ScriptedContext:
         self.tasks: list[Task] = []
         self.timers: dict[str, float] = {}
         self.infos: list[dict[str, Any]] = []
+        #: The strategy's state_dict at each publication, as the server checkpoints it.
+        self.states: list[dict[str, Any]] = []
         self.clock = 0.0
         self.speeds: dict[int, float] = {}
         self.strategy = strategy
@@ -56,6 +58,7 @@ class ScriptedContext:
         self._model = GlobalModel(params, buffers, self._model.version + 1)
         self.history.append(self._model)
         self.infos.append(info)
+        self.states.append(self.strategy.state_dict())
         return self._model
 
     def arrive(self, task: Task, delta: torch.Tensor, examples: int = 10) -> None:

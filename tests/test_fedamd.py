@@ -20,7 +20,7 @@ from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.simulation import Simulation, simulate
 from fedcore.strategies.base import GlobalModel
 from fedcore.strategies.fedamd import FedAMD, FedAMDConfig
-from fedcore.training import LocalTrainer, task_batches
+from fedcore.training import LocalTrainer, planned_passes, task_batches
 from fedcore.typed_config import ConfigError
 from fedcore.variance_reduced import ANCHOR_BASE, ANCHOR_BATCH, DIRECTION, AnchorMemory
 from tests.conftest import FAST, composed
@@ -375,3 +375,12 @@ def test_fedamd_simulation_writes_its_run_and_is_reproducible(tmp_path) -> None:
         tmp_path / "b" / "model.fct"
     ).read_bytes()
     assert again["final"] == summary["final"]
+
+
+def test_the_simulated_clock_charges_miners_two_passes_per_step_and_anchors_their_batch():
+    miner = Task(0, 0, WorkKind.MINER, 10, {"batch_size": 32}, {DIRECTION: torch.zeros(3)})
+    assert planned_passes(miner, 1000) == 19
+    assert planned_passes(replace(miner, extras={}), 1000) == 10
+    anchor = Task(0, 0, WorkKind.ANCHOR, 10, {"batch_size": 32, "anchor_batch": 320})
+    assert planned_passes(anchor, 1000) == 10
+    assert planned_passes(replace(anchor, hyper={"batch_size": 32}), 640) == 20

@@ -178,16 +178,7 @@ def test_state_round_trip_resumes_identically():
     def fresh() -> tuple[FedLAW, ScriptedContext, list[dict[str, Any]]]:
         strategy = FedLAW(FedLAWConfig(clients_per_round=2, server_lr=0.05), seed=9)
         ctx = _context(strategy, clients=2, proxy=_proxy())
-        states: list[dict[str, Any]] = []
-        publish = ctx.publish
-
-        def checkpointing(*args: Any, **info: Any) -> Any:
-            model = publish(*args, **info)
-            states.append(strategy.state_dict())
-            return model
-
-        ctx.publish = checkpointing
-        return strategy, ctx, states
+        return strategy, ctx, ctx.states
 
     def play(ctx: ScriptedContext, rounds: int, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)

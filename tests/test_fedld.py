@@ -216,16 +216,7 @@ def test_fedld_state_round_trip_continues_identically():
         config = FedLDConfig(clients_per_round=3, training=TrainingConfig(local_steps=2))
         strategy = FedLD(config, seed=11)
         ctx = ScriptedContext(strategy, torch.zeros(12), clients=3)
-        states: list[dict] = []
-        publish = ctx.publish
-
-        def checkpointing(*args, **info):
-            model = publish(*args, **info)
-            states.append(strategy.state_dict())
-            return model
-
-        ctx.publish = checkpointing
-        return strategy, ctx, states
+        return strategy, ctx, ctx.states
 
     def play(ctx: ScriptedContext, rounds: int, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)

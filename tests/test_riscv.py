@@ -172,7 +172,9 @@ def test_fedcompass_gives_the_slow_riscv64_client_fewer_local_steps(
     userland: None, tmp_path: Path
 ) -> None:
     """The emulated client's profile (~25x slower per step) is FedCompass's first estimate, so
-    in groups with the x86-64 client it gets far fewer than the 100 steps the x86-64 one gets."""
+    in groups with the x86-64 client it gets far fewer than the 100 steps the x86-64 one gets.
+    A client that opens a group alone gets Q_max, so the comparison is of steps per task on
+    average over the run, not of every task."""
     run, _ = _federation(
         tmp_path,
         "strategy=fedcompass",
@@ -190,5 +192,4 @@ def test_fedcompass_gives_the_slow_riscv64_client_fewer_local_steps(
 
     riscv, x86 = steps("client-1"), steps("client-0")
     assert len(riscv) >= 2 and x86, (riscv, x86)
-    assert statistics.median(riscv) < statistics.median(x86), (riscv, x86)
-    assert sum(riscv) / len(riscv) < sum(x86) / len(x86), (riscv, x86)
+    assert statistics.mean(riscv) < 0.8 * statistics.mean(x86), (riscv, x86)
