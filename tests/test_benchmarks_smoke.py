@@ -24,10 +24,10 @@ EXPECTED_KEYS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
+def _quick(name: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks.NAME --quick --out OUT`, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,6 +35,12 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
+    _quick(name, tmp_path)
     result = json.loads((tmp_path / f"{name}.json").read_text())
     assert {"benchmark", "quick", "environment", "passed"} | EXPECTED_KEYS[name] <= set(result)
     assert result["benchmark"] == name and result["quick"] is True
@@ -52,15 +58,7 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
 
 
 def test_asynchrony_benchmark_runs_quick_and_writes_its_json_and_plot(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.asynchrony", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _quick("asynchrony", tmp_path)
     result = json.loads((tmp_path / "asynchrony.json").read_text())
     assert result["benchmark"] == "asynchrony" and result["quick"] is True
     assert set(result["summary"]) == {"fedavg", "fedasync", "fedbuff", "fedcompass"}
@@ -74,15 +72,7 @@ def test_asynchrony_benchmark_runs_quick_and_writes_its_json_and_plot(tmp_path):
 
 
 def test_research_benchmark_runs_quick_and_writes_its_table_json_and_plot(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.research", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _quick("research", tmp_path)
     assert "Issue-4 reproduction" in done.stdout
     result = json.loads((tmp_path / "research.json").read_text())
     assert result["benchmark"] == "research" and result["quick"] is True and result["passed"]
@@ -93,3 +83,14 @@ def test_research_benchmark_runs_quick_and_writes_its_table_json_and_plot(tmp_pa
         assert setting["fedamd"]["passes_per_client_round"] > 10.0, "anchors and 2-pass steps"
         assert all(0 <= m["final_mean"] <= 1 for m in setting.values())
     assert (tmp_path / "research.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transport_benchmark_runs_quick_and_writes_its_json(tmp_path):
+    _quick("transport", tmp_path)
+    result = json.loads((tmp_path / "transport.json").read_text())
+    assert result["benchmark"] == "transport" and result["quick"] is True
+    for trip in [*result["round_trips"], result["round_trip_with_checkpoints"]]:
+        assert trip["round_latency_median_s"] > 0 and trip["throughput_mb_s"] > 0
+        assert trip["server_peak_rss_bytes"] > trip["model_bytes"]
+        assert trip["client_peak_rss_bytes"] > trip["model_bytes"]
+    assert [case["spool_bytes"] > 0 for case in result["concurrent_uploads"]] == [True, False]
