@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from fedcore.params import ModelLayout
-from fedcore.serialization import encode_many
+from fedcore.serialization import decode_many, encode_many
 from fedcore.server.plots import plot_metrics
 from fedcore.strategies.base import GlobalModel
 
@@ -84,3 +85,14 @@ def model_bytes(model: GlobalModel, layout: ModelLayout) -> bytes:
     tensors = {f"params/{k}": v for k, v in layout.params.unflatten(model.params).items()}
     tensors.update({f"buffers/{k}": v for k, v in layout.buffers.unflatten(model.buffers).items()})
     return encode_many(tensors)
+
+
+def read_model_file(path: Path, layout: ModelLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat (params, buffers) of a file `model_bytes` wrote, checked against `layout`."""
+    tensors = decode_many(path.read_bytes())
+    vectors = []
+    for kind, spec in (("params", layout.params), ("buffers", layout.buffers)):
+        prefix = f"{kind}/"
+        named = {n.removeprefix(prefix): t for n, t in tensors.items() if n.startswith(prefix)}
+        vectors.append(spec.flatten(named))
+    return vectors[0], vectors[1]

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from fedcore.serialization import decode_many
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
+from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.fedamd import FedAMD
 from tests.processes import client, fedcore, make_certs, server_port
@@ -78,10 +78,7 @@ def test_deployed_fedamd_reaches_the_simulation_model(
     config = yaml.safe_load((federation_run / "config.yaml").read_text())
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
-    tensors = decode_many((federation_run / "model.fct").read_bytes())
-    deployed = experiment.layout.params.flatten(
-        {n.removeprefix("params/"): t for n, t in tensors.items() if n.startswith("params/")}
-    )
+    deployed, _ = read_model_file(federation_run / "model.fct", experiment.layout)
     assert not torch.equal(deployed, experiment.initial.params)
     assert torch.allclose(deployed, simulated.params, atol=1e-6, rtol=0)
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from fedcore.serialization import decode_many
 from fedcore.server.coordinator import model_digest
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
+from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import GlobalModel
 from tests.processes import client, fedcore, free_port, make_certs, wait_for
@@ -54,18 +54,8 @@ def _models(run: Path) -> list[dict]:
 
 
 def _saved_model(run: Path, experiment) -> GlobalModel:
-    tensors = decode_many((run / "model.fct").read_bytes())
-    parts = {
-        kind: experiment.layout.params.flatten(
-            {n.removeprefix("params/"): t for n, t in tensors.items() if n.startswith("params/")}
-        )
-        if kind == "params"
-        else experiment.layout.buffers.flatten(
-            {n.removeprefix("buffers/"): t for n, t in tensors.items() if n.startswith("buffers/")}
-        )
-        for kind in ("params", "buffers")
-    }
-    return GlobalModel(parts["params"], parts["buffers"], experiment.config.rounds)
+    params, buffers = read_model_file(run / "model.fct", experiment.layout)
+    return GlobalModel(params, buffers, experiment.config.rounds)
 
 
 def test_killed_server_resumes_past_a_corrupt_checkpoint_to_the_same_model(

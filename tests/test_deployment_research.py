@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from fedcore.serialization import decode_many
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
+from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from tests.processes import client, fedcore, make_certs, server_port
 
@@ -69,13 +69,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / "run" for name, (root, _, _) in started.items()}
 
 
-def _deployed_params(run: Path, experiment_layout) -> torch.Tensor:
-    tensors = decode_many((run / "model.fct").read_bytes())
-    return experiment_layout.params.flatten(
-        {n.removeprefix("params/"): t for n, t in tensors.items() if n.startswith("params/")}
-    )
-
-
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_every_update_is_accepted_and_the_model_matches_the_simulation(
     runs: dict[str, Path], name: str
@@ -91,7 +84,7 @@ def test_every_update_is_accepted_and_the_model_matches_the_simulation(
     config = yaml.safe_load((run / "config.yaml").read_text())
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
-    deployed = _deployed_params(run, experiment.layout)
+    deployed = read_model_file(run / "model.fct", experiment.layout)[0]
     assert not torch.equal(deployed, experiment.initial.params)
     assert torch.allclose(deployed, simulated.params, atol=1e-5, rtol=0)
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from fedcore.serialization import decode_many
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
+from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.registry import STRATEGIES
 from tests.processes import client, client_args, fedcore, make_certs, server_port, spawn, wait_for
@@ -141,14 +141,7 @@ def test_the_model_with_a_riscv64_client_is_the_x86_simulation_up_to_rounding(
     config = yaml.safe_load((fedavg_run / "config.yaml").read_text())
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
-    tensors = decode_many((fedavg_run / "model.fct").read_bytes())
-    deployed = experiment.layout.params.flatten(
-        {
-            name.removeprefix("params/"): t
-            for name, t in tensors.items()
-            if name.startswith("params/")
-        }
-    )
+    deployed, _ = read_model_file(fedavg_run / "model.fct", experiment.layout)
     moved = (simulated.params - experiment.initial.params).abs().max()
     assert moved > 1e-3
     assert torch.allclose(deployed, simulated.params, atol=1e-5, rtol=0)
