@@ -58,6 +58,7 @@ class ClientSlot:
     task: Task | None = None
     model: GlobalModel | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    told_done: bool = False
 
 
 class Refusal(Exception):
@@ -200,12 +201,13 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.HeartbeatReply:
         """Refresh liveness."""
         try:
-            self._identify(context, request.client_id, request.session)
+            slot = self._identify(context, request.client_id, request.session)
         except Refusal as refusal:
             if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
                 await context.abort(refusal.code, str(refusal))
             return pb.HeartbeatReply(known=False)
-        return pb.HeartbeatReply(known=True, done=self.coordinator.finished)
+        slot.told_done = self.coordinator.finished
+        return pb.HeartbeatReply(known=True, done=slot.told_done)
 
     async def GetTask(
         self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
@@ -217,6 +219,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.wake.wait(), timeout=min(30.0, request.wait_seconds))
         if self.coordinator.finished and slot.task is None:
+            slot.told_done = True
             return pb.TaskReply(status=pb.TaskReply.DONE)
         task = slot.task
         if task is None:
@@ -438,9 +441,15 @@ async def serve(
             reason = "stopped by signal"
         for slot in driver.slots.values():
             slot.wake.set()
-        grace = time.monotonic() + 2 * service.heartbeat_seconds
-        while time.monotonic() < grace and any(s.session for s in driver.slots.values()):
-            await asyncio.sleep(0.05)
+        if coordinator.finished:
+            # Stay up until every connected client has heard that training is over (a GetTask
+            # DONE or a heartbeat saying so); one that says nothing for the liveness timeout
+            # is gone anyway.
+            grace = time.monotonic() + liveness_timeout
+            while time.monotonic() < grace and any(
+                s.session and not s.told_done for s in driver.slots.values()
+            ):
+                await asyncio.sleep(0.05)
     finally:
         watcher.cancel()
         await server.stop(grace=1.0)
