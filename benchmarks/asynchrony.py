@@ -44,11 +44,10 @@ from benchmarks.common import (
 )
 from fedcore.records import Task
 from fedcore.server.coordinator import Publication
-from fedcore.server.evaluation import Evaluator
+from fedcore.server.evaluation import Evaluator, Scorer
 from fedcore.server.experiment import make_experiment
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer
 
 NAME = "asynchrony"
 METHODS = ("fedavg", "fedasync", "fedbuff", "fedcompass")
@@ -121,12 +120,12 @@ def run_one(method: str, seed: int, setting: Setting) -> dict[str, Any]:
     experiment = make_experiment(config)
     simulation = Simulation(experiment, config)
     evaluator = Evaluator(
-        LocalTrainer(experiment.build_model),
+        Scorer(experiment.build_model, experiment.layout),
         experiment.federation,
         experiment.config.evaluation,
         seed,
     )
-    curve = [(0.0, evaluator(experiment.initial)["test_accuracy"])]
+    curve = [(0.0, evaluator(experiment.initial_model())["test_accuracy"])]
     steps = 0
     send = simulation.send
 

@@ -153,7 +153,6 @@ def run_one(overrides: Sequence[str]) -> dict[str, Any]:
     simulation.trainer.train = meter
     report = RunReport(
         experiment,
-        simulation.trainer,
         config,
         None,
         lambda: (simulation.bytes_down, simulation.bytes_up),

@@ -107,7 +107,7 @@ def plain_training_seconds(experiment: Experiment, clients: int) -> float:
     rng = np.random.default_rng(config.seed)
     tasks: list[Task] = [config.training.task(client, 0, rng) for client in range(clients)]
     splits = [experiment.federation.train_split(client) for client in range(clients)]
-    initial = experiment.initial
+    initial = experiment.initial_model()
 
     def loop() -> None:
         for task, data in zip(tasks, splits, strict=True):

@@ -7,9 +7,10 @@ model bytes moved per second of those rounds; peak RSS comes from the server's s
 client's closing line. Checkpoints are off in these runs (they are measured separately for the
 100 MB model), so the figure is transport plus aggregation.
 
-Concurrent uploads: 4 raw gRPC uploaders push a 1 GB update each at the same moment; the server's
-peak RSS is compared with uploads spooled to disk (the default) and held in memory
-(`deployment.spool_bytes=0`), as multiples of the model size.
+Concurrent uploads: raw gRPC uploaders push a 1 GB update each at the same moment. The server's
+RSS before any upload and at its peak are compared for 1 and 4 uploads spooled to disk (the
+default) and 4 held in memory (`deployment.spool_bytes=0`), as multiples of the model size:
+with streaming aggregation the peak must not grow with the number of concurrent uploads.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ MODELS = {
 }
 QUICK_MODELS = {"tiny": ((200,), 8), "16MB": ((2000, 2000), 4)}
 LATENCY_TARGETS_S = {"tiny": 0.1, "100MB": 1.0}
+#: Streaming aggregation: 4 concurrent spooled uploads may raise the server's peak over a single
+#: upload's by at most this many model sizes, and the peak stays within a small multiple of it.
+MEMORY_TARGETS = {"growth_4_vs_1": 0.5, "peak_over_model": 4.0}
 CHUNK = 1 << 20
 
 
@@ -80,6 +84,7 @@ def _overrides(hidden: Sequence[int], rounds: int, clients: int, *extra: str) ->
         "output.save_model=false",
         "deployment.heartbeat_seconds=1.0",
         "deployment.liveness_timeout=60",
+        "client_devices.cpu.threads=1",
         *(extra or ["deployment.checkpoint_every=0"]),
     ]
 
@@ -239,17 +244,31 @@ def _uploader(port: int, certs: Path, number: int, params: int) -> None:
                 raise RuntimeError(f"{name}: upload refused: {reply.reason}")
 
 
-def concurrent_uploads(hidden: Sequence[int], spool_bytes: int) -> dict[str, Any]:
-    """Server peak RSS while 4 uploaders send a full-size update each at the same moment."""
+def _rss_bytes(pid: int) -> int:
+    """A process's resident set size now (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def concurrent_uploads(hidden: Sequence[int], spool_bytes: int, uploaders: int) -> dict[str, Any]:
+    """Server RSS while `uploaders` clients send a full-size update each at the same moment:
+    before any upload (the model, the runtime) and at its peak."""
     params = _params(hidden)
     with tempfile.TemporaryDirectory(prefix="fedcore-uploads-") as folder:
         root = Path(folder)
-        _make_certs(root, 4)
+        _make_certs(root, uploaders)
         overrides = _overrides(
-            hidden, 1, 4, f"deployment.spool_bytes={spool_bytes}", "deployment.checkpoint_every=0"
+            hidden,
+            1,
+            uploaders,
+            f"deployment.spool_bytes={spool_bytes}",
+            "deployment.checkpoint_every=0",
         )
         server, port = _start_server(root, overrides)
-        uploaders = [
+        idle = _rss_bytes(server.pid)
+        processes = [
             subprocess.Popen(
                 [
                     sys.executable,
@@ -260,18 +279,22 @@ def concurrent_uploads(hidden: Sequence[int], spool_bytes: int) -> dict[str, Any
                 ],
                 cwd=REPO_ROOT,
             )
-            for i in range(4)
+            for i in range(uploaders)
         ]
-        for uploader in uploaders:
-            if uploader.wait(timeout=1800):
+        for process in processes:
+            if process.wait(timeout=1800):
                 raise RuntimeError("an uploader failed")
         summary = _finish(server, root)
+    model_bytes = params * 4
     return {
         "params": params,
-        "model_bytes": params * 4,
+        "model_bytes": model_bytes,
         "spool_bytes": spool_bytes,
+        "uploaders": uploaders,
+        "server_idle_rss_bytes": idle,
         "server_peak_rss_bytes": summary["peak_rss_bytes"],
-        "peak_rss_over_model": summary["peak_rss_bytes"] / (params * 4),
+        "peak_rss_over_model": summary["peak_rss_bytes"] / model_bytes,
+        "upload_growth_over_model": (summary["peak_rss_bytes"] - idle) / model_bytes,
     }
 
 
@@ -291,13 +314,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     checkpointed = round_trip(mid_name, mid_hidden, mid_rounds, "deployment.checkpoint_every=1")
     upload_hidden = models["16MB" if args.quick else "1GB"][0]
     spool_bytes = 4 << 20 if args.quick else 64 << 20
-    uploads = [concurrent_uploads(upload_hidden, spool) for spool in (spool_bytes, 0)]
+    uploads = [
+        concurrent_uploads(upload_hidden, spool, uploaders)
+        for spool, uploaders in ((spool_bytes, 1), (spool_bytes, 4), (0, 4))
+    ]
     latency_passed = {
         trip["model"]: trip["round_latency_median_s"] <= LATENCY_TARGETS_S[trip["model"]]
         for trip in trips
         if trip["model"] in LATENCY_TARGETS_S
     }
-    spooled, in_memory = uploads
+    alone, spooled, in_memory = uploads
+    streaming = {
+        "spooled_4_vs_1_growth_over_model": (
+            spooled["server_peak_rss_bytes"] - alone["server_peak_rss_bytes"]
+        )
+        / spooled["model_bytes"],
+        "spooled_4_peak_over_model": spooled["peak_rss_over_model"],
+    }
     result = {
         "benchmark": "transport",
         "quick": args.quick,
@@ -306,7 +339,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "round_trip_with_checkpoints": checkpointed,
         "concurrent_uploads": uploads,
         "latency_targets_s": LATENCY_TARGETS_S,
+        "streaming": streaming,
+        "memory_targets": MEMORY_TARGETS,
         "passed": all(latency_passed.values())
+        and streaming["spooled_4_vs_1_growth_over_model"] <= MEMORY_TARGETS["growth_4_vs_1"]
+        and streaming["spooled_4_peak_over_model"] <= MEMORY_TARGETS["peak_over_model"]
         and spooled["server_peak_rss_bytes"] < in_memory["server_peak_rss_bytes"],
         "latency_passed": latency_passed,
     }
@@ -337,17 +374,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
     )
     print_table(
-        "Server peak RSS, 4 concurrent full-size uploads",
-        ["uploads", "model", "server peak RSS", "x model size"],
+        "Server RSS while full-size updates upload at the same moment",
+        ["uploads", "uploaders", "model", "idle RSS", "peak RSS", "peak x model", "growth x model"],
         [
             [
                 "spooled to disk" if case["spool_bytes"] else "held in memory",
+                str(case["uploaders"]),
                 f"{case['model_bytes'] / GB:.2f} GB",
+                f"{case['server_idle_rss_bytes'] / GB:.2f} GB",
                 f"{case['server_peak_rss_bytes'] / GB:.2f} GB",
                 f"{case['peak_rss_over_model']:.1f}x",
+                f"{case['upload_growth_over_model']:.1f}x",
             ]
             for case in uploads
         ],
+    )
+    print(
+        f"4 spooled uploads vs 1: peak grows by {streaming['spooled_4_vs_1_growth_over_model']:.2f}"
+        f"x model (target <= {MEMORY_TARGETS['growth_4_vs_1']}x); peak "
+        f"{streaming['spooled_4_peak_over_model']:.1f}x model "
+        f"(target <= {MEMORY_TARGETS['peak_over_model']}x)"
     )
     print(f"verdict: {verdict(result['passed'])}")
     write_result("transport", result, args.out)

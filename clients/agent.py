@@ -29,6 +29,7 @@ from fedcore.federation import make_federation, model_builder
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update, WorkKind
+from fedcore.rpc import UPLOAD_FRAME_FIELD, coordinator_stub, frame_message
 from fedcore.serialization import DTYPES, FrameError
 from fedcore.training import LocalTrainer, planned_steps
 from fedcore.wire import VectorAssembler, vector_frames
@@ -100,6 +101,9 @@ class ClientAgent:
         self._heartbeat_thread: threading.Thread | None = None
         #: Set when a heartbeat reply says training is over.
         self.server_done = threading.Event()
+        #: The last downloaded model's tensors, refilled by the next download (tasks run one at
+        #: a time, and nothing keeps them once the update is uploaded).
+        self._model_memory: dict[str, torch.Tensor] = {}
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
@@ -107,7 +111,7 @@ class ClientAgent:
         while True:
             channel = channel_for(self.settings)
             try:
-                stub = pb_grpc.CoordinatorStub(channel)
+                stub = coordinator_stub(channel)
                 self._join(stub)
                 backoff = 1.0
                 accepted += self._work(stub)
@@ -172,7 +176,7 @@ class ClientAgent:
         if self.step_delay:
             time.sleep(self.step_delay * planned_steps(task, len(data)))
         with self.device.compute():
-            return self.trainer.train(task, params, buffers, data)
+            return self.trainer.train(task, params, buffers, data, reuse_params=True)
 
     def _join(self, stub: pb_grpc.CoordinatorStub) -> None:
         reply = stub.Join(
@@ -257,20 +261,21 @@ class ClientAgent:
             if spec.dtype not in DTYPES:
                 raise FrameError(f"task extra {spec.name!r} has unknown dtype {spec.dtype!r}")
             expected[f"extra/{spec.name}"] = (spec.numel, DTYPES[spec.dtype])
-        assembler = VectorAssembler(expected)
+        assembler = VectorAssembler(expected, into=self._model_memory)
         request = pb.DownloadRequest(
             client_id=self.settings.client_id,
             session=self.session,
             task_id=reply.task_id,
             chunk_bytes=self.config.deployment.chunk_bytes,
         )
-        for chunk in stub.DownloadModel(request, timeout=600):
-            assembler.add(chunk.frame)
+        for frame in stub.DownloadModel(request, timeout=600):
+            assembler.add(frame)
         vectors = assembler.result()
+        self._model_memory = {"params": vectors["params"], "buffers": vectors["buffers"]}
         extras = {spec.name: vectors[f"extra/{spec.name}"] for spec in reply.extras}
         return vectors["params"], vectors["buffers"], extras
 
-    def _upload(self, task_id: str, update: Update) -> Iterator[pb.UploadChunk]:
+    def _upload(self, task_id: str, update: Update) -> Iterator[pb.UploadChunk | bytes]:
         yield pb.UploadChunk(
             header=pb.UploadHeader(
                 client_id=self.settings.client_id,
@@ -289,5 +294,5 @@ class ClientAgent:
             raise TypeError("the client uploads dense deltas")
         buffers = update.buffers if update.buffers is not None else torch.zeros(0)
         vectors = {"delta": update.payload.values, "buffers": buffers}
-        for frame in vector_frames(vectors, self.config.deployment.chunk_bytes):
-            yield pb.UploadChunk(frame=frame)
+        for parts in vector_frames(vectors, self.config.deployment.chunk_bytes):
+            yield frame_message(UPLOAD_FRAME_FIELD, parts)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedcore.profiles import ProfileConfig
 from fedcore.records import Task
+from fedcore.serialization import DEFAULT_CHUNK_BYTES
 from fedcore.typed_config import require
 
 
@@ -190,7 +191,7 @@ class DeploymentConfig:
     certs: str = "certs"
     heartbeat_seconds: float = 2.0
     liveness_timeout: float = 10.0
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     checkpoint_every: int = 1
     checkpoint_keep: int = 3
     gone_timeout: float = 60.0
@@ -221,7 +222,7 @@ class DeploymentConfig:
             self.liveness_timeout,
         )
         require(
-            4096 <= self.chunk_bytes <= 2 << 20,
+            4096 <= self.chunk_bytes <= DEFAULT_CHUNK_BYTES,
             "chunk_bytes",
             "must be in [4096, 2 MiB]",
             self.chunk_bytes,

@@ -159,14 +159,27 @@ class BoundModule:
         self.layout = layout or ModelLayout.of(module)
         params, buffers = module_vectors(module, self.layout)
         self.params = params
-        self.grads = torch.zeros_like(params)
         self.buffers = buffers
-        named_params = dict(module.named_parameters())
+        self._named_params = dict(module.named_parameters())
         for name, view in self.layout.params.unflatten(self.params).items():
-            named_params[name].data = view
-            named_params[name].grad = self.layout.params.unflatten(self.grads)[name]
+            self._named_params[name].data = view
+        self._grads: torch.Tensor | None = None
         self._buffer_views = self.layout.buffers.unflatten(self.buffers)
         self._module_buffers = dict(module.named_buffers())
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """The flat gradient the parameters' `.grad` views point into; allocated on first use, so
+        a module that only evaluates never holds a model-sized gradient. Gradients a backward
+        pass left before then are carried over."""
+        if self._grads is None:
+            self._grads = torch.zeros_like(self.params)
+            for name, view in self.layout.params.unflatten(self._grads).items():
+                parameter = self._named_params[name]
+                if parameter.grad is not None:
+                    view.copy_(parameter.grad)
+                parameter.grad = view
+        return self._grads
 
     def load(self, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
         """Overwrite the module's weights (and buffers) from flat vectors."""

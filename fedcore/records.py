@@ -91,14 +91,17 @@ def delta_update(
     steps: int,
     seconds: float,
     metrics: dict[str, float],
+    reuse_start: bool = False,
 ) -> Update:
     """The Update for local work that moved parameters from `start` to `trained`: their
-    difference and a copy of the buffers, on the host."""
+    difference and a copy of the buffers, on the host. `reuse_start` forms the difference in
+    `start`'s storage instead of a new tensor."""
+    difference = torch.sub(trained, start, out=start) if reuse_start else trained - start
     return Update(
         client_id=task.client_id,
         base_version=task.version,
         num_examples=num_examples,
-        payload=DenseDelta((trained - start).cpu()),
+        payload=DenseDelta(difference.cpu()),
         buffers=buffers.clone().cpu(),
         local_steps=steps,
         compute_seconds=seconds,

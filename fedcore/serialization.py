@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ _LENGTH = struct.Struct("<I")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_NAME_CHARS = 512
 MAX_DIMS = 16
+#: Payload bytes per frame when a tensor is cut into chunks: a gRPC message stays well under its
+#: 4 MiB default, and a model is hashed in these pieces (see `chunk_digests`).
+DEFAULT_CHUNK_BYTES = 2 << 20
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -70,43 +73,91 @@ class FrameHeader:
         return math.prod(self.shape)
 
 
-def _raw_bytes(tensor: torch.Tensor) -> bytes:
-    """Little-endian bytes of a contiguous CPU tensor (bfloat16 via its 16-bit pattern)."""
+def _wire_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """The little-endian numpy dtype that carries `dtype`'s bytes (bfloat16 as int16)."""
+    carrier = torch.int16 if dtype == torch.bfloat16 else dtype
+    return torch.empty((), dtype=carrier).numpy().dtype.newbyteorder("<")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's little-endian bytes: a view of its memory when it is a contiguous CPU tensor
+    on a little-endian host (no copy), else a converted copy."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if flat.dtype == torch.bfloat16:
         flat = flat.view(torch.int16)
     array = flat.numpy()
-    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return little.view(np.uint8).data
 
 
-def encode(
-    tensor: torch.Tensor, name: str = "", offset: int = 0, shape: tuple[int, ...] | None = None
-) -> bytes:
-    """One frame holding `tensor` (or a chunk of a larger tensor of `shape` at `offset`)."""
+#: A frame as (preamble with its header, payload view): written or sent without first copying
+#: the payload into one bytes object.
+FrameParts = tuple[bytes, memoryview]
+
+
+def frame_parts(
+    tensor: torch.Tensor,
+    name: str = "",
+    offset: int = 0,
+    shape: tuple[int, ...] | None = None,
+    sha256: str | None = None,
+) -> FrameParts:
+    """The parts of a frame holding `tensor` (or a chunk of a larger tensor of `shape` at
+    `offset`); `sha256` is the payload's digest when the caller already knows it."""
     if tensor.dtype not in DTYPE_NAMES:
         raise FrameError(f"{name or 'tensor'}: dtype {tensor.dtype} is not supported on the wire")
-    payload = _raw_bytes(tensor)
+    payload = tensor_bytes(tensor)
     header = {
         "name": name,
         "dtype": DTYPE_NAMES[tensor.dtype],
         "shape": list(shape if shape is not None else tensor.shape),
         "offset": offset,
         "count": tensor.numel(),
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": sha256 or hashlib.sha256(payload).hexdigest(),
     }
     head = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + _LENGTH.pack(len(head)) + head + payload
+    return MAGIC + _LENGTH.pack(len(head)) + head, payload
 
 
-def encode_chunks(tensor: torch.Tensor, name: str, chunk_bytes: int) -> Iterator[bytes]:
-    """Frames of at most `chunk_bytes` payload each, covering a tensor in order."""
+def encode(
+    tensor: torch.Tensor, name: str = "", offset: int = 0, shape: tuple[int, ...] | None = None
+) -> bytes:
+    """One frame holding `tensor` (or a chunk of a larger tensor of `shape` at `offset`)."""
+    return b"".join(frame_parts(tensor, name, offset, shape))
+
+
+def _chunks(tensor: torch.Tensor, chunk_bytes: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(element offset, chunk) of a tensor cut into pieces of at most `chunk_bytes`."""
     flat = tensor.detach().reshape(-1)
     step = max(1, chunk_bytes // max(1, flat.element_size()))
-    shape = tuple(tensor.shape)
-    if flat.numel() == 0:
-        yield encode(flat, name, 0, shape)
     for start in range(0, flat.numel(), step):
-        yield encode(flat[start : start + step], name, start, shape)
+        yield start, flat[start : start + step]
+
+
+def _digest(chunk: torch.Tensor, start: int, digests: dict[int, str]) -> str:
+    if start not in digests:
+        digests[start] = hashlib.sha256(tensor_bytes(chunk)).hexdigest()
+    return digests[start]
+
+
+def chunk_digests(tensor: torch.Tensor, chunk_bytes: int, digests: dict[int, str]) -> list[str]:
+    """The sha256 of each `chunk_bytes` chunk of `tensor`, in order. `digests` maps chunk offsets
+    to digests already known: read where present, filled where not, so a tensor that is never
+    modified (a published model) is hashed once however often it is sent."""
+    return [_digest(chunk, start, digests) for start, chunk in _chunks(tensor, chunk_bytes)]
+
+
+def encode_chunks(
+    tensor: torch.Tensor, name: str, chunk_bytes: int, digests: dict[int, str] | None = None
+) -> Iterator[FrameParts]:
+    """Frames of at most `chunk_bytes` payload each, covering a tensor in order; `digests` is
+    a cache of chunk sha256s as in `chunk_digests`."""
+    shape = tuple(tensor.shape)
+    if tensor.numel() == 0:
+        yield frame_parts(tensor.reshape(-1), name, 0, shape)
+    for start, chunk in _chunks(tensor, chunk_bytes):
+        sha256 = None if digests is None else _digest(chunk, start, digests)
+        yield frame_parts(chunk, name, start, shape, sha256)
 
 
 def _int(value: Any, what: str) -> int:
@@ -166,9 +217,10 @@ def parse_header(buffer: bytes | memoryview) -> tuple[FrameHeader, int]:
     return header, start + head_len
 
 
-def decode_frame(buffer: bytes | memoryview) -> tuple[FrameHeader, torch.Tensor, int]:
-    """Decode the frame at the start of `buffer`: its header, a 1-D tensor of the chunk, and the
-    number of bytes consumed. The payload is checked against its size and checksum first."""
+def decode_frame(buffer: bytes | memoryview) -> tuple[FrameHeader, np.ndarray[Any, Any], int]:
+    """Decode the frame at the start of `buffer`: its header, the chunk as a read-only
+    little-endian array viewing `buffer` (no copy), and the number of bytes consumed. The
+    payload is checked against its size and checksum first."""
     view = memoryview(buffer)
     header, start = parse_header(view)
     end = start + header.nbytes
@@ -180,14 +232,13 @@ def decode_frame(buffer: bytes | memoryview) -> tuple[FrameHeader, torch.Tensor,
     payload = view[start:end]
     if hashlib.sha256(payload).hexdigest() != header.sha256:
         raise FrameError(f"{header.name}: payload checksum mismatch (corrupted chunk)")
-    dtype = header.torch_dtype
-    carrier = torch.int16 if dtype == torch.bfloat16 else dtype
-    np_dtype = torch.empty((), dtype=carrier).numpy().dtype.newbyteorder("<")
-    array = np.frombuffer(payload, dtype=np_dtype).astype(np_dtype.newbyteorder("="))
-    tensor = torch.from_numpy(array)
-    if dtype == torch.bfloat16:
-        tensor = tensor.view(torch.bfloat16)
-    return header, tensor, end
+    return header, np.frombuffer(payload, dtype=_wire_dtype(header.torch_dtype)), end
+
+
+def chunk_tensor(header: FrameHeader, chunk: np.ndarray[Any, Any]) -> torch.Tensor:
+    """A decoded chunk as a tensor of its own memory, in native byte order."""
+    tensor = torch.from_numpy(chunk.astype(chunk.dtype.newbyteorder("=")))
+    return tensor.view(torch.bfloat16) if header.torch_dtype == torch.bfloat16 else tensor
 
 
 def decode(buffer: bytes | memoryview) -> tuple[str, torch.Tensor]:
@@ -197,12 +248,13 @@ def decode(buffer: bytes | memoryview) -> tuple[str, torch.Tensor]:
         raise FrameError(f"{header.name}: {len(buffer) - used} unexpected bytes after the frame")
     if header.offset != 0 or header.count != header.total:
         raise FrameError(f"{header.name}: frame holds a chunk, not the whole tensor")
-    return header.name, chunk.reshape(header.shape)
+    return header.name, chunk_tensor(header, chunk).reshape(header.shape)
 
 
-def encode_many(tensors: dict[str, torch.Tensor]) -> bytes:
-    """Frames for several named tensors, concatenated (for files and small messages)."""
-    return b"".join(encode(t, n) for n, t in tensors.items())
+def frames_of(tensors: Mapping[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
+    """The pieces of whole-tensor frames for several named tensors, in order (for files)."""
+    for name, tensor in tensors.items():
+        yield from frame_parts(tensor, name)
 
 
 def decode_many(buffer: bytes | memoryview, max_tensors: int = 4096) -> dict[str, torch.Tensor]:
@@ -218,6 +270,6 @@ def decode_many(buffer: bytes | memoryview, max_tensors: int = 4096) -> dict[str
             raise FrameError(f"{header.name}: frame holds a chunk, not the whole tensor")
         if header.name in out:
             raise FrameError(f"{header.name}: tensor appears twice")
-        out[header.name] = chunk.reshape(header.shape)
+        out[header.name] = chunk_tensor(header, chunk).reshape(header.shape)
         pos += used
     return out

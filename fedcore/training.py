@@ -40,11 +40,20 @@ class LocalTrainer:
         self._momentum: torch.Tensor | None = None
         self.anchor_memory = AnchorMemory()
 
-    def train(self, task: Task, params: torch.Tensor, buffers: torch.Tensor, data: Split) -> Update:
+    def train(
+        self,
+        task: Task,
+        params: torch.Tensor,
+        buffers: torch.Tensor,
+        data: Split,
+        reuse_params: bool = False,
+    ) -> Update:
         """Run `task` from (params, buffers) on `data`; return the delta and metrics.
 
         SGD tasks, and FedAMD miners given no direction, run local SGD; FedAMD anchors and miners
-        with a direction run in `fedcore.variance_reduced`."""
+        with a direction run in `fedcore.variance_reduced`. `reuse_params` says `params` is the
+        caller's own copy, free to overwrite: local SGD then forms the delta in its storage
+        (a deployed client's download buffer) instead of allocating one per task."""
         if len(data) == 0:
             raise ValueError(f"client {task.client_id} has no training examples")
         if task.kind is WorkKind.ANCHOR:
@@ -58,8 +67,10 @@ class LocalTrainer:
             raise ValueError(f"LocalTrainer.train cannot run {task.kind} tasks")
         started = time.perf_counter()
         bound, hyper = self.bound, task.hyper
-        bound.load(params.to(self.device), buffers.to(self.device))
-        start = bound.params.clone()
+        start = params.to(self.device)  # published models are never modified: no copy needed
+        if start.data_ptr() == bound.params.data_ptr():
+            start = start.clone()
+        bound.load(start, buffers.to(self.device))
         steps = planned_steps(task, len(data))
         lr, momentum = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0))
         weight_decay, prox_mu = (
@@ -94,6 +105,7 @@ class LocalTrainer:
             steps=steps,
             seconds=elapsed,
             metrics={"train_loss": float(loss_sum) / max(1, steps)},
+            reuse_start=reuse_params,
         )
 
     def _zeroed_momentum(self) -> torch.Tensor:
@@ -101,29 +113,6 @@ class LocalTrainer:
         if self._momentum is None:
             self._momentum = torch.zeros_like(self.bound.params)
         return self._momentum.zero_()
-
-    @torch.no_grad()
-    def evaluate(
-        self, params: torch.Tensor, buffers: torch.Tensor, data: Split
-    ) -> dict[str, float]:
-        """Mean cross-entropy and accuracy of (params, buffers) on `data`."""
-        self.bound.load(params.to(self.device), buffers.to(self.device))
-        self.bound.module.eval()
-        total_loss = torch.zeros((), dtype=torch.float64)
-        correct = 0
-        order = torch.arange(len(data))
-        for start in range(0, len(data), self.eval_batch_size):
-            x, y = data.batch(order[start : start + self.eval_batch_size])
-            logits = self.bound.module(x.to(self.device))
-            y = y.to(self.device)
-            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
-            correct += int((logits.argmax(dim=1) == y).sum())
-        count = max(1, len(data))
-        return {
-            "loss": float(total_loss) / count,
-            "accuracy": correct / count,
-            "examples": len(data),
-        }
 
 
 def training_loss(

@@ -14,20 +14,31 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from fedcore.serialization import DTYPE_NAMES, FrameError, decode_frame, encode_chunks
-
-DEFAULT_CHUNK_BYTES = 1 << 20
+from fedcore.serialization import (
+    DEFAULT_CHUNK_BYTES,
+    DTYPE_NAMES,
+    FrameError,
+    FrameParts,
+    decode_frame,
+    encode_chunks,
+)
 
 
 def vector_frames(
-    vectors: Mapping[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[bytes]:
-    """Frames of at most `chunk_bytes` payload covering each named 1-D vector in order."""
+    vectors: Mapping[str, torch.Tensor],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    digests: dict[str, dict[int, str]] | None = None,
+) -> Iterator[FrameParts]:
+    """Frames of at most `chunk_bytes` payload covering each named 1-D vector in order;
+    `digests` caches each vector's chunk sha256s across calls (see `encode_chunks`)."""
     for name, vector in vectors.items():
-        yield from encode_chunks(vector, name, chunk_bytes)
+        cache = None if digests is None else digests.setdefault(name, {})
+        yield from encode_chunks(vector, name, chunk_bytes, cache)
 
 
 class _Spool:
@@ -40,10 +51,10 @@ class _Spool:
         self.descriptor, self.path = descriptor, Path(name)
         os.ftruncate(descriptor, size * self.itemsize)
 
-    def write(self, offset: int, chunk: torch.Tensor) -> None:
-        """Write `chunk` at element `offset`."""
-        data = chunk.contiguous().view(torch.uint8).numpy().tobytes()
-        os.pwrite(self.descriptor, data, offset * self.itemsize)
+    def write(self, offset: int, chunk: np.ndarray[Any, Any]) -> None:
+        """Write `chunk` at element `offset`, in native byte order."""
+        native = chunk.astype(chunk.dtype.newbyteorder("="), copy=False)
+        os.pwrite(self.descriptor, native.view(np.uint8).data, offset * self.itemsize)
 
     def tensor(self) -> torch.Tensor:
         """The complete vector, file-backed; the file is unlinked (freed when unmapped)."""
@@ -68,15 +79,22 @@ class VectorAssembler:
         expected: Mapping[str, tuple[int, torch.dtype]],
         spool_dir: Path | None = None,
         spool_bytes: int = 0,
+        into: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        """`into` gives tensors to fill instead of allocating (a client reuses its last model's
+        memory for the next download)."""
         self.expected = dict(expected)
         self.spool_dir = spool_dir
         self.spool_bytes = spool_bytes
-        self._vectors: dict[str, torch.Tensor] = {}
+        self._vectors = {
+            name: tensor
+            for name, tensor in (into or {}).items()
+            if name in self.expected and (tensor.numel(), tensor.dtype) == self.expected[name]
+        }
         self._spools: dict[str, _Spool] = {}
         self._filled: dict[str, int] = {}
 
-    def add(self, frame: bytes) -> None:
+    def add(self, frame: bytes | memoryview) -> None:
         """Check one frame against the expected layout and copy its chunk into place."""
         header, chunk, used = decode_frame(frame)
         if used != len(frame):
@@ -104,7 +122,9 @@ class VectorAssembler:
         if name in self._spools:
             self._spools[name].write(filled, chunk)
         else:
-            self._vectors[name][filled : filled + header.count] = chunk
+            target = self._vectors[name]
+            carrier = target.view(torch.int16) if dtype == torch.bfloat16 else target
+            carrier.numpy()[filled : filled + header.count] = chunk
         self._filled[name] = filled + header.count
 
     def result(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fedcore.params import ModelLayout
-from fedcore.serialization import FrameError, decode_many, encode_many
+from fedcore.serialization import FrameError, decode_many, frames_of
 from fedcore.server.rundir import write_atomically
 from fedcore.strategies.base import GlobalModel
 
@@ -109,17 +109,15 @@ class CheckpointStore:
             "registry": state.registry,
             "ledger_position": state.ledger_position,
         }
-        files = {
-            "tensors.fct": encode_many(tensors),
-            "state.json": json.dumps(document).encode(),
-        }
         final = self.directory / f"v{state.model.version:08d}"
         staging = self.directory / f".{final.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for name, data in files.items():
-            write_atomically(staging / name, data)
-        manifest = {"format": FORMAT, "files": {n: _sha256(d) for n, d in files.items()}}
+        digests = {
+            "tensors.fct": write_atomically(staging / "tensors.fct", frames_of(tensors)),
+            "state.json": write_atomically(staging / "state.json", json.dumps(document).encode()),
+        }
+        manifest = {"format": FORMAT, "files": digests}
         write_atomically(staging / "manifest.json", json.dumps(manifest).encode())
         _fsync_directory(staging)
         shutil.rmtree(final, ignore_errors=True)

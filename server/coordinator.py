@@ -17,6 +17,7 @@ import torch
 
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update, describe
+from fedcore.serialization import DEFAULT_CHUNK_BYTES, chunk_digests
 from fedcore.server.ledger import Ledger
 from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
@@ -256,7 +257,12 @@ class Coordinator:
 
 
 def model_digest(model: GlobalModel) -> str:
-    """sha256 over the raw bytes of a model's parameters and buffers."""
-    digest = hashlib.sha256(model.params.contiguous().numpy().tobytes())
-    digest.update(model.buffers.contiguous().numpy().tobytes())
+    """The model's identity: sha256 over the sha256s of its parameters' and then its buffers'
+    raw little-endian bytes, cut in wire-sized chunks (a hash list). Each chunk is hashed once
+    per model, and the same digests travel in the frames of every download."""
+    cache = model.chunk_digests(DEFAULT_CHUNK_BYTES)
+    digest = hashlib.sha256()
+    for name, vector in (("params", model.params), ("buffers", model.buffers)):
+        for chunk in chunk_digests(vector, DEFAULT_CHUNK_BYTES, cache.setdefault(name, {})):
+            digest.update(bytes.fromhex(chunk))
     return digest.hexdigest()

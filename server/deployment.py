@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import secrets
 import signal
@@ -29,18 +30,18 @@ from fedcore.certs import enrolled_clients, peer_client_id
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update
-from fedcore.serialization import DTYPE_NAMES, FrameError
+from fedcore.rpc import DOWNLOAD_FRAME_FIELD, add_coordinator, frame_message
+from fedcore.serialization import DEFAULT_CHUNK_BYTES, DTYPE_NAMES, FrameError
 from fedcore.server.checkpoints import CheckpointError, CheckpointStore, ServerState
 from fedcore.server.coordinator import Coordinator, Publication
 from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
 from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer
 from fedcore.typed_config import ConfigError
 from fedcore.wire import VectorAssembler, vector_frames
 
-MAX_CHUNK_BYTES = 2 << 20
+MAX_CHUNK_BYTES = DEFAULT_CHUNK_BYTES
 ALL_GONE = "all clients gone"
 #: Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"deployment", "output"})
@@ -244,7 +245,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self,
         request: pb.DownloadRequest,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.TensorChunk]:
+    ) -> AsyncIterator[bytes]:
         """Stream the model the client's current task starts from, in bounded chunks."""
         slot = await self._authenticate(context, request.client_id, request.session)
         model, task = slot.model, slot.task
@@ -252,25 +253,28 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
             return
         chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
-        vectors = {"params": model.params, "buffers": model.buffers}
-        vectors.update({f"extra/{name}": t.reshape(-1) for name, t in task.extras.items()})
-        for frame in vector_frames(vectors, chunk):
-            self.bytes_down += len(frame)
-            yield pb.TensorChunk(frame=frame)
+        digests = model.chunk_digests(chunk)
+        frames = itertools.chain(
+            vector_frames({"params": model.params, "buffers": model.buffers}, chunk, digests),
+            vector_frames({f"extra/{n}": t.reshape(-1) for n, t in task.extras.items()}, chunk),
+        )
+        for parts in frames:
+            message = frame_message(DOWNLOAD_FRAME_FIELD, parts)
+            self.bytes_down += len(message)
+            yield message
 
     async def UploadUpdate(
         self,
-        request_iterator: AsyncIterator[pb.UploadChunk],
+        request_iterator: AsyncIterator[pb.UploadHeader | memoryview],
         context: grpc.aio.ServicerContext,
     ) -> pb.UploadReply:
         """Reassemble, validate and deliver one update; refusals name their reason."""
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
+        header = await anext(aiter(request_iterator), None)
+        if not isinstance(header, pb.UploadHeader):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "upload must start with its header"
             )
             raise AssertionError
-        header = first.header
         try:
             slot = self._identify(context, header.client_id, header.session)
             if slot.task is None or header.task_id != slot.task_id:
@@ -295,10 +299,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         )
         try:
             async for part in request_iterator:
-                if not part.HasField("frame"):
+                if not isinstance(part, memoryview):
                     raise FrameError("a second header inside one upload")
-                self.bytes_up += len(part.frame)
-                assembler.add(part.frame)
+                self.bytes_up += len(part)
+                assembler.add(part)
             vectors = assembler.result()
         except FrameError as error:
             assembler.discard()
@@ -404,7 +408,7 @@ async def serve(
     every client has been gone for `gone_timeout` seconds; return why it stopped."""
     coordinator, driver = service.coordinator, service.driver
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
-    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    add_coordinator(service, server)
     port = server.add_secure_port(address, server_credentials(cert_dir))
     stop = asyncio.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
@@ -528,7 +532,7 @@ def deploy(
         coordinator = Coordinator(
             experiment.strategy,
             experiment.layout,
-            experiment.initial,
+            experiment.initial_model() if state is None else state.model,
             driver,
             max_versions=experiment.config.rounds,
             ledger=ledger,
@@ -547,7 +551,6 @@ def deploy(
             coordinator.restore(state.model, state.strategy, state.timers)
         report = RunReport(
             experiment,
-            LocalTrainer(experiment.build_model),
             config_data,
             run_path,
             lambda: (service.bytes_down, service.bytes_up),

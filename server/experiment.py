@@ -45,14 +45,20 @@ def parse_experiment(data: dict[str, Any]) -> tuple[ExperimentConfig, Any]:
 
 @dataclass
 class Experiment:
-    """A validated config with its federation, model constructor, initial model and strategy."""
+    """A validated config with its federation, model constructor and layout, and strategy."""
 
     config: ExperimentConfig
     federation: Federation
     build_model: Callable[[], nn.Module]
     layout: ModelLayout
-    initial: GlobalModel
     strategy: Strategy
+
+    def initial_model(self) -> GlobalModel:
+        """Version 0, built from the config's seed: the same model on every call. Built on
+        demand, so that nothing holds it once the run has moved past it."""
+        torch.manual_seed(self.config.seed)
+        params, buffers = module_vectors(self.build_model(), self.layout)
+        return GlobalModel(params, buffers, 0)
 
 
 def make_experiment(data: dict[str, Any]) -> Experiment:
@@ -60,12 +66,8 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     config, strategy_options = parse_experiment(data)
     federation = make_federation(config)
     builder = model_builder(config, federation.dataset)
-    torch.manual_seed(config.seed)
-    module = builder()
-    layout = ModelLayout.of(module)
-    params, buffers = module_vectors(module, layout)
+    with torch.device("meta"):
+        layout = ModelLayout.of(builder())
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
-    return Experiment(
-        config, federation, builder, layout, GlobalModel(params, buffers, 0), strategy
-    )
+    return Experiment(config, federation, builder, layout, strategy)

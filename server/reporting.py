@@ -10,13 +10,12 @@ from typing import Any
 
 from fedcore.memory import peak_rss_bytes
 from fedcore.server.coordinator import Publication, model_digest
-from fedcore.server.evaluation import Evaluator
+from fedcore.server.evaluation import Evaluator, Scorer
 from fedcore.server.experiment import Experiment
 from fedcore.server.ledger import Ledger
 from fedcore.server.progress import ProgressDisplay
 from fedcore.server.rundir import RunDirectory
 from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer
 
 
 def open_ledger(experiment: Experiment, run_path: Path | None) -> Ledger:
@@ -33,7 +32,6 @@ class RunReport:
     def __init__(
         self,
         experiment: Experiment,
-        trainer: LocalTrainer,
         config_data: dict[str, Any],
         run_path: Path | None,
         traffic: Callable[[], tuple[int, int]],
@@ -41,7 +39,12 @@ class RunReport:
     ) -> None:
         config = experiment.config
         self.experiment = experiment
-        self.evaluator = Evaluator(trainer, experiment.federation, config.evaluation, config.seed)
+        self.evaluator = Evaluator(
+            Scorer(experiment.build_model, experiment.layout),
+            experiment.federation,
+            config.evaluation,
+            config.seed,
+        )
         self.run_dir = (
             RunDirectory(run_path, config_data, resume_version) if run_path is not None else None
         )

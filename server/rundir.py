@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,25 @@ import torch
 import yaml
 
 from fedcore.params import ModelLayout
-from fedcore.serialization import decode_many, encode_many
+from fedcore.serialization import decode_many, frames_of
 from fedcore.server.plots import plot_metrics
 from fedcore.strategies.base import GlobalModel
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, then rename over `path`: readers see the old file or the new one."""
+def write_atomically(path: Path, data: bytes | Iterable[bytes | memoryview]) -> str:
+    """Write `data` (bytes, or pieces streamed one at a time so a large file is never held
+    whole), fsync, then rename over `path`: readers see the old file or the new one. Returns the
+    sha256 of what was written."""
     temporary = path.with_name(f".{path.name}.tmp")
+    digest = hashlib.sha256()
     with temporary.open("wb") as handle:
-        handle.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            digest.update(piece)
+            handle.write(piece)
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
+    return digest.hexdigest()
 
 
 class RunDirectory:
@@ -74,21 +82,22 @@ class RunDirectory:
                 writer.writeheader()
                 writer.writerows(self.rows)
         if save_model:
-            write_atomically(self.path / "model.fct", model_bytes(model, layout))
+            write_atomically(self.path / "model.fct", model_frames(model, layout))
         if plot and self.rows:
             plot_metrics(self.rows, self.path / "metrics.png", title)
         write_atomically(self.path / "summary.json", json.dumps(summary, indent=2).encode())
 
 
-def model_bytes(model: GlobalModel, layout: ModelLayout) -> bytes:
-    """A model as tensor frames named params/<name> and buffers/<name> (no pickle)."""
+def model_frames(model: GlobalModel, layout: ModelLayout) -> Iterator[bytes | memoryview]:
+    """A model as tensor frames named params/<name> and buffers/<name> (no pickle), piece by
+    piece."""
     tensors = {f"params/{k}": v for k, v in layout.params.unflatten(model.params).items()}
     tensors.update({f"buffers/{k}": v for k, v in layout.buffers.unflatten(model.buffers).items()})
-    return encode_many(tensors)
+    return frames_of(tensors)
 
 
 def read_model_file(path: Path, layout: ModelLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flat (params, buffers) of a file `model_bytes` wrote, checked against `layout`."""
+    """The flat (params, buffers) of a file of `model_frames`, checked against `layout`."""
     tensors = decode_many(path.read_bytes())
     vectors = []
     for kind, spec in (("params", layout.params), ("buffers", layout.buffers)):

@@ -91,7 +91,7 @@ class Simulation:
         self.coordinator = Coordinator(
             experiment.strategy,
             experiment.layout,
-            experiment.initial,
+            experiment.initial_model(),
             self,
             max_versions=config.rounds,
             ledger=ledger,
@@ -258,7 +258,6 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
     simulation = Simulation(experiment, config_data, ledger)
     report = RunReport(
         experiment,
-        simulation.trainer,
         config_data,
         run_path,
         lambda: (simulation.bytes_down, simulation.bytes_up),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +30,15 @@ class GlobalModel:
     params: torch.Tensor
     buffers: torch.Tensor
     version: int
+    _digests: dict[int, dict[str, dict[int, str]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def chunk_digests(self, chunk_bytes: int) -> dict[str, dict[int, str]]:
+        """The cache of this model's chunk sha256s for chunks of `chunk_bytes`, by vector name
+        and element offset (see `fedcore.serialization.chunk_digests`): valid for the model's
+        life, since it never changes."""
+        return self._digests.setdefault(chunk_bytes, {})
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,14 @@ class FedAvg(SynchronousRounds):
         if self._deltas.count == 0:
             raise RuntimeError("aggregate called with no arrivals")
         new_buffers = buffers.mean() if buffers is not None and buffers.count else model.buffers
-        return self.server_step(model.params, self._deltas.mean()), new_buffers
+        mean_delta = self._deltas.mean(in_place=True)
+        params = self.server_step(model.params, mean_delta)
+        if params is mean_delta:
+            self._deltas.release()
+        return params, new_buffers
 
     def server_step(self, params: torch.Tensor, mean_delta: torch.Tensor) -> torch.Tensor:
-        """Plain FedAvg: w + mean delta. Server optimizers override this."""
-        return params + mean_delta
+        """Plain FedAvg: w + mean delta, formed in place in `mean_delta` (the accumulator's
+        storage, which then becomes the new model: no third model-sized tensor). Server
+        optimizers override this and return a new tensor."""
+        return mean_delta.add_(params)

@@ -93,4 +93,14 @@ def test_transport_benchmark_runs_quick_and_writes_its_json(tmp_path):
         assert trip["round_latency_median_s"] > 0 and trip["throughput_mb_s"] > 0
         assert trip["server_peak_rss_bytes"] > trip["model_bytes"]
         assert trip["client_peak_rss_bytes"] > trip["model_bytes"]
-    assert [case["spool_bytes"] > 0 for case in result["concurrent_uploads"]] == [True, False]
+    cases = result["concurrent_uploads"]
+    assert [(c["spool_bytes"] > 0, c["uploaders"]) for c in cases] == [
+        (True, 1),
+        (True, 4),
+        (False, 4),
+    ]
+    assert all(c["server_peak_rss_bytes"] >= c["server_idle_rss_bytes"] > 0 for c in cases)
+    assert set(result["streaming"]) == {
+        "spooled_4_vs_1_growth_over_model",
+        "spooled_4_peak_over_model",
+    }

@@ -18,7 +18,7 @@ from fedcore.server.checkpoints import (
     unpack,
 )
 from fedcore.server.ledger import Ledger, read_ledger
-from fedcore.server.rundir import model_bytes, read_model_file
+from fedcore.server.rundir import model_frames, read_model_file
 from fedcore.strategies.base import GlobalModel
 
 MODULE = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
@@ -172,7 +172,7 @@ def test_a_line_cut_short_by_a_crash_is_voided_by_the_resume(tmp_path: Path) -> 
 
 def test_a_model_file_reads_back_as_the_flat_vectors_it_was_written_from(tmp_path: Path) -> None:
     model = _state(4).model
-    (tmp_path / "model.fct").write_bytes(model_bytes(model, LAYOUT))
+    (tmp_path / "model.fct").write_bytes(b"".join(model_frames(model, LAYOUT)))
     params, buffers = read_model_file(tmp_path / "model.fct", LAYOUT)
     assert torch.equal(params, model.params) and torch.equal(buffers, model.buffers)
     with pytest.raises(ValueError, match="tensor names differ"):

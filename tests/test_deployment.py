@@ -74,5 +74,5 @@ def test_deployment_reaches_the_simulation_model(federation_run: Path) -> None:
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
     deployed, _ = read_model_file(federation_run / "model.fct", experiment.layout)
-    assert not torch.equal(deployed, experiment.initial.params)
+    assert not torch.equal(deployed, experiment.initial_model().params)
     assert torch.allclose(deployed, simulated.params, atol=1e-6, rtol=0)

@@ -79,7 +79,7 @@ def test_deployed_fedamd_reaches_the_simulation_model(
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
     deployed, _ = read_model_file(federation_run / "model.fct", experiment.layout)
-    assert not torch.equal(deployed, experiment.initial.params)
+    assert not torch.equal(deployed, experiment.initial_model().params)
     assert torch.allclose(deployed, simulated.params, atol=1e-6, rtol=0)
 
     monkeypatch.setattr(FedAMD, "direction", lambda self: None)

@@ -106,7 +106,7 @@ def test_killed_server_resumes_past_a_corrupt_checkpoint_to_the_same_model(
     simulated = Simulation(experiment, config).run().final
     deployed = _saved_model(run, experiment)
     assert entries[-1]["event"] == "model" and entries[-1]["sha256"] == model_digest(deployed)
-    assert not torch.equal(deployed.params, experiment.initial.params)
+    assert not torch.equal(deployed.params, experiment.initial_model().params)
     assert model_digest(deployed) == model_digest(simulated)
 
 

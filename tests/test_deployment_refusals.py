@@ -15,7 +15,7 @@ import torch
 from fedcore.certs import certs_main
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
-from fedcore.serialization import decode_frame, encode
+from fedcore.serialization import chunk_tensor, decode_frame, encode
 from fedcore.server.ledger import read_ledger
 from fedcore.wire import vector_frames
 from tests.processes import server_port
@@ -123,7 +123,7 @@ def decode_stream(data: bytes) -> list[tuple[str, torch.Tensor]]:
     chunks, offset = [], 0
     while offset < len(data):
         header, chunk, used = decode_frame(data[offset:])
-        chunks.append((header.name, chunk))
+        chunks.append((header.name, chunk_tensor(header, chunk)))
         offset += used
     return chunks
 
@@ -162,7 +162,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     good = {"delta": torch.zeros(size), "buffers": torch.zeros(0)}
 
     def frames(**vectors) -> list[bytes]:
-        return list(vector_frames({**good, **vectors}, chunk_bytes=256))
+        return list(map(b"".join, vector_frames({**good, **vectors}, chunk_bytes=256)))
 
     flipped = bytearray(frames()[0])
     flipped[-2] ^= 0xFF
@@ -173,7 +173,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         (frames(delta=torch.zeros(size, dtype=torch.float64)), 10, "dtype"),
         ([f for i, f in enumerate(frames()) if i != 1], 10, "out of order, duplicated or missing"),
         ([frames()[0], *frames()], 10, "out of order, duplicated or missing"),
-        (list(vector_frames({"buffers": torch.zeros(0)})), 10, "delta: received 0"),
+        (list(map(b"".join, vector_frames({"buffers": torch.zeros(0)}))), 10, "delta: received 0"),
         (frames(extra=torch.zeros(3)), 10, "unexpected tensor 'extra'"),
         ([bytes(flipped)], 10, "checksum"),
         ([frames()[0][:-5]], 10, "truncated"),

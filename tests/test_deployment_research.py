@@ -85,7 +85,7 @@ def test_every_update_is_accepted_and_the_model_matches_the_simulation(
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
     deployed = read_model_file(run / "model.fct", experiment.layout)[0]
-    assert not torch.equal(deployed, experiment.initial.params)
+    assert not torch.equal(deployed, experiment.initial_model().params)
     assert torch.allclose(deployed, simulated.params, atol=1e-5, rtol=0)
 
 

@@ -90,3 +90,18 @@ def test_two_updates_fold_to_the_same_bits_in_either_order() -> None:
     backward.add(b, 211.0)
     backward.add(a, 317.0)
     assert torch.equal(forward.mean(), backward.mean())
+
+
+def test_a_mean_formed_in_place_and_released_survives_the_next_round() -> None:
+    accumulator = StreamingAccumulator(5)
+    accumulator.add(torch.arange(5.0), 2.0)
+    mean = accumulator.mean(in_place=True)
+    assert mean.data_ptr() == accumulator.sum.data_ptr()
+    assert torch.equal(mean, torch.arange(5.0))
+    with pytest.raises(RuntimeError, match="reset"):
+        accumulator.add(torch.ones(5), 1.0)
+    accumulator.release()
+    accumulator.reset()
+    accumulator.add(torch.ones(5), 1.0)
+    assert torch.equal(mean, torch.arange(5.0))
+    assert torch.equal(accumulator.mean(), torch.ones(5))

@@ -142,7 +142,7 @@ def test_the_model_with_a_riscv64_client_is_the_x86_simulation_up_to_rounding(
     experiment = make_experiment(config)
     simulated = Simulation(experiment, config).run().final
     deployed, _ = read_model_file(fedavg_run / "model.fct", experiment.layout)
-    moved = (simulated.params - experiment.initial.params).abs().max()
+    moved = (simulated.params - experiment.initial_model().params).abs().max()
     assert moved > 1e-3
     assert torch.allclose(deployed, simulated.params, atol=1e-5, rtol=0)
 

@@ -13,7 +13,7 @@ from tests.conftest import FAST, composed
 def test_fedavg_round_equals_independent_weighted_mean_of_trained_clients():
     config = composed(*FAST, "rounds=1")
     experiment = make_experiment(config)
-    initial = experiment.initial
+    initial = experiment.initial_model()
     simulation = Simulation(experiment, config)
     sent = []
     original_send = simulation.send

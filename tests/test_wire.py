@@ -25,7 +25,7 @@ def _vectors() -> dict[str, torch.Tensor]:
 def test_reassembly_is_exact_in_memory_and_spooled(tmp_path: Path, spool_bytes: int) -> None:
     vectors = _vectors()
     assembler = VectorAssembler(EXPECTED, tmp_path, spool_bytes)
-    for frame in vector_frames(vectors, chunk_bytes=4096):
+    for frame in map(b"".join, vector_frames(vectors, chunk_bytes=4096)):
         assembler.add(frame)
     if spool_bytes:
         assert len(list(tmp_path.iterdir())) == 1, "the 40 kB delta is spooled, the buffers not"
@@ -37,7 +37,7 @@ def test_reassembly_is_exact_in_memory_and_spooled(tmp_path: Path, spool_bytes: 
 
 def test_an_incomplete_spooled_upload_is_refused_and_leaves_no_file(tmp_path: Path) -> None:
     assembler = VectorAssembler(EXPECTED, tmp_path, 4096)
-    frames = list(vector_frames(_vectors(), chunk_bytes=4096))
+    frames = list(map(b"".join, vector_frames(_vectors(), chunk_bytes=4096)))
     for frame in frames[:3]:
         assembler.add(frame)
     with pytest.raises(FrameError, match=r"delta: received 3072 of 10000 elements"):

@@ -21,53 +21,81 @@ class StreamingAccumulator:
         self, numel: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> None:
         self.device = torch.device(device)
-        self.sum = torch.zeros(numel, dtype=dtype, device=self.device)
+        self._sum = torch.zeros(numel, dtype=dtype, device=self.device)
         self.weight = 0.0
         self.count = 0
+        self._divided = False
+        self._released = False
         self._scratch = torch.empty(min(numel, FOLD_CHUNK), dtype=dtype, device=self.device)
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event]] = []
 
     def reset(self) -> None:
-        """Empty the accumulator in place (no reallocation between rounds)."""
-        self.sum.zero_()
+        """Empty the accumulator: in place, or, after `release()`, by allocating new storage
+        when the next vector arrives (so that it never coexists with what released it)."""
+        if not self._released:
+            self._sum.zero_()
         self.weight = 0.0
         self.count = 0
+        self._divided = False
+
+    def release(self) -> None:
+        """Give up the sum's storage, which the caller now owns (a mean formed in place that
+        became the new model); nothing may be added before `reset()`."""
+        self._released = self._divided = True
+
+    @property
+    def sum(self) -> torch.Tensor:
+        """The running weighted sum (zeros, in new storage, once released and reset)."""
+        if self._released:
+            self._sum = torch.zeros_like(self._sum)
+            self._released = False
+        return self._sum
 
     def add(self, vector: torch.Tensor, weight: float) -> None:
         """Fold `weight * vector` into the running sum: product rounded, then added (no fused
         multiply-add), so that two updates give the same bits in either arrival order."""
-        if vector.shape != self.sum.shape:
+        if self._divided:
+            raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
+        if vector.shape != self._sum.shape:
             raise ValueError(
-                f"vector of shape {tuple(vector.shape)} does not fit {tuple(self.sum.shape)}"
+                f"vector of shape {tuple(vector.shape)} does not fit {tuple(self._sum.shape)}"
             )
         vector = self._on_device(vector)
+        total = self.sum
         scaled = self._scratch
         for start in range(0, vector.numel(), FOLD_CHUNK):
             part = vector[start : start + FOLD_CHUNK]
             product = scaled[: part.numel()]
             torch.mul(part, weight, out=product)
-            self.sum[start : start + FOLD_CHUNK].add_(product)
+            total[start : start + FOLD_CHUNK].add_(product)
         self.weight += weight
         self.count += 1
 
     def merge(self, other: StreamingAccumulator) -> None:
         """Fold another partial (sum, weight) in: the exact step of hierarchical aggregation."""
+        if self._divided:
+            raise RuntimeError("reset() the accumulator before merging: its sum became a mean")
         self.sum.add_(other.sum.to(self.device))
         self.weight += other.weight
         self.count += other.count
 
-    def mean(self) -> torch.Tensor:
-        """The weighted mean of everything added; an error if nothing was."""
+    def mean(self, in_place: bool = False) -> torch.Tensor:
+        """The weighted mean of everything added; an error if nothing was. `in_place` divides
+        the running sum itself (no new O(P) tensor): the result is then the accumulator's own
+        storage, for reading until the next `reset()`, and nothing more may be added."""
         if self.count == 0 or self.weight <= 0.0:
             raise ValueError("weighted mean of no vectors (or of zero total weight)")
-        return self.sum / self.weight
+        if not in_place:
+            return self.sum / self.weight
+        self._divided = True
+        return self.sum.div_(self.weight)
 
     def _on_device(self, vector: torch.Tensor) -> torch.Tensor:
         if vector.device == self.device:
-            return vector if vector.dtype == self.sum.dtype else vector.to(self.sum.dtype)
+            return vector if vector.dtype == self._sum.dtype else vector.to(self._sum.dtype)
         if self.device.type == "cuda" and vector.device.type == "cpu":
             return self._upload(vector)
-        return vector.to(self.device, self.sum.dtype)
+        return vector.to(self.device, self._sum.dtype)
 
     def _upload(self, vector: torch.Tensor) -> torch.Tensor:
         """Copy a host vector through one of two pinned buffers: filling one overlaps the
@@ -82,7 +110,7 @@ class StreamingAccumulator:
         buffer.copy_(vector)
         on_device = buffer.to(self.device, non_blocking=True)
         copied.record()
-        return on_device.to(self.sum.dtype)
+        return on_device.to(self._sum.dtype)
 
 
 def weighted_sum(stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
