@@ -50,7 +50,7 @@ from fedcore.server.ledger import read_ledger
 #: name -> (MLP hidden widths on 20 synthetic features, rounds)
 MODELS = {
     "tiny": ((200,), 30),
-    "100MB": ((5000, 5000), 6),
+    "100MB": ((5000, 5000), 10),
     "1GB": ((16384, 16384), 3),
 }
 QUICK_MODELS = {"tiny": ((200,), 8), "16MB": ((2000, 2000), 4)}

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +145,18 @@ def _digest(chunk: torch.Tensor, start: int, digests: dict[int, str]) -> str:
 def chunk_digests(tensor: torch.Tensor, chunk_bytes: int, digests: dict[int, str]) -> list[str]:
     """The sha256 of each `chunk_bytes` chunk of `tensor`, in order. `digests` maps chunk offsets
     to digests already known: read where present, filled where not, so a tensor that is never
-    modified (a published model) is hashed once however often it is sent."""
+    modified (a published model) is hashed once however often it is sent. Missing chunks are
+    hashed on all cores (hashlib releases the GIL)."""
+    missing = [
+        (start, chunk) for start, chunk in _chunks(tensor, chunk_bytes) if start not in digests
+    ]
+    if len(missing) > 1:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            hashed = pool.map(
+                lambda chunk: hashlib.sha256(tensor_bytes(chunk)).hexdigest(),
+                (c for _, c in missing),
+            )
+            digests.update(zip((start for start, _ in missing), hashed, strict=True))
     return [_digest(chunk, start, digests) for start, chunk in _chunks(tensor, chunk_bytes)]
 
 

@@ -5,7 +5,8 @@ frames: the global model and every tensor in the strategy state), `state.json` (
 else) and `manifest.json` (sha256 of both), written in that order with fsync, the manifest
 last, and then renamed into place. A folder without a valid manifest, or whose files do not
 match it, is skipped in favour of the previous one with a log line saying why. Nothing is ever
-unpickled: tensors are decoded by the bounded frame parser, the rest is JSON.
+unpickled: tensors are decoded by the bounded frame parser, the rest is JSON. A deployed server
+snapshots its state at publication and writes it on a worker thread (`CheckpointWriter`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,65 @@ def unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A server state frozen for writing: its JSON, and tensors no one will modify (the
+    published model's own, copies of the strategy's)."""
+
+    version: int
+    document: bytes
+    tensors: dict[str, torch.Tensor]
+
+
+def snapshot(state: ServerState) -> Snapshot:
+    """Freeze `state` now: the strategy's tensors are copied, since it goes on updating them in
+    place while the snapshot is written."""
+    tensors = {"model/params": state.model.params, "model/buffers": state.model.buffers}
+    strategy_tensors: dict[str, torch.Tensor] = {}
+    document = {
+        "format": FORMAT,
+        "version": state.model.version,
+        "time": state.time,
+        "strategy": pack(state.strategy, strategy_tensors),
+        "timers": state.timers,
+        "registry": state.registry,
+        "ledger_position": state.ledger_position,
+    }
+    tensors.update({key: tensor.clone() for key, tensor in strategy_tensors.items()})
+    return Snapshot(state.model.version, json.dumps(document).encode(), tensors)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one worker thread, in order, while the server goes on serving;
+    `drain` waits for them all and raises the first failure."""
+
+    def __init__(self, store: CheckpointStore, log: Callable[[str], None]) -> None:
+        self.store = store
+        self.log = log
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: list[Future[Path]] = []
+
+    def submit(self, state: ServerState) -> None:
+        """Snapshot `state` now and queue it for writing."""
+        checkpoint = snapshot(state)
+        future = self._pool.submit(self.store.write, checkpoint)
+        future.add_done_callback(self._report)
+        written = [f for f in self._pending if f.done() and f.exception() is None]
+        self._pending = [f for f in self._pending if f not in written] + [future]
+
+    def _report(self, future: Future[Path]) -> None:
+        error = future.exception()
+        if error is not None:
+            self.log(f"writing a checkpoint failed: {error}")
+
+    def drain(self) -> None:
+        """Wait for every queued checkpoint; raise the first failure, if any."""
+        pending, self._pending = self._pending, []
+        self._pool.shutdown(wait=True)
+        for future in pending:
+            future.result()
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -98,24 +159,19 @@ class CheckpointStore:
 
     def save(self, state: ServerState) -> Path:
         """Write one checkpoint atomically: files, fsync, manifest last, rename, prune."""
+        return self.write(snapshot(state))
+
+    def write(self, checkpoint: Snapshot) -> Path:
+        """Write a snapshot as checkpoint folder v<version> (safe on a worker thread: it
+        touches nothing but the snapshot and the folder)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        tensors = {"model/params": state.model.params, "model/buffers": state.model.buffers}
-        document = {
-            "format": FORMAT,
-            "version": state.model.version,
-            "time": state.time,
-            "strategy": pack(state.strategy, tensors),
-            "timers": state.timers,
-            "registry": state.registry,
-            "ledger_position": state.ledger_position,
-        }
-        final = self.directory / f"v{state.model.version:08d}"
+        final = self.directory / f"v{checkpoint.version:08d}"
         staging = self.directory / f".{final.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         digests = {
-            "tensors.fct": write_atomically(staging / "tensors.fct", frames_of(tensors)),
-            "state.json": write_atomically(staging / "state.json", json.dumps(document).encode()),
+            "tensors.fct": write_atomically(staging / "tensors.fct", frames_of(checkpoint.tensors)),
+            "state.json": write_atomically(staging / "state.json", checkpoint.document),
         }
         manifest = {"format": FORMAT, "files": digests}
         write_atomically(staging / "manifest.json", json.dumps(manifest).encode())

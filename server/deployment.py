@@ -32,7 +32,12 @@ from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import DenseDelta, Task, Update
 from fedcore.rpc import DOWNLOAD_FRAME_FIELD, add_coordinator, frame_message
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, DTYPE_NAMES, FrameError
-from fedcore.server.checkpoints import CheckpointError, CheckpointStore, ServerState
+from fedcore.server.checkpoints import (
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriter,
+    ServerState,
+)
 from fedcore.server.coordinator import Coordinator, Publication
 from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
 from fedcore.server.ledger import Ledger
@@ -521,8 +526,8 @@ def deploy(
     experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
     state = resume_state(experiment, config_data, run_path, ledger)
-    store = (
-        CheckpointStore(run_path / "checkpoints", config.checkpoint_keep)
+    writer = (
+        CheckpointWriter(CheckpointStore(run_path / "checkpoints", config.checkpoint_keep), log)
         if run_path is not None and config.checkpoint_every
         else None
     )
@@ -560,9 +565,9 @@ def deploy(
 
         def checkpoint(publication: Publication) -> None:
             version = publication.model.version
-            if store is None or (version % config.checkpoint_every and not coordinator.finished):
+            if writer is None or (version % config.checkpoint_every and not coordinator.finished):
                 return
-            store.save(
+            writer.submit(
                 ServerState(
                     model=publication.model,
                     time=publication.time,
@@ -574,15 +579,19 @@ def deploy(
             )
 
         coordinator.listeners.append(checkpoint)
-        with report:
-            reason = await serve(
-                service,
-                cert_dir,
-                config.address,
-                liveness_timeout=config.liveness_timeout,
-                gone_timeout=config.gone_timeout,
-                ready=ready,
-            )
+        try:
+            with report:
+                reason = await serve(
+                    service,
+                    cert_dir,
+                    config.address,
+                    liveness_timeout=config.liveness_timeout,
+                    gone_timeout=config.gone_timeout,
+                    ready=ready,
+                )
+        finally:
+            if writer is not None:
+                writer.drain()
         ledger.close()
         return report.finish(
             coordinator.model,

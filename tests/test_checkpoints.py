@@ -13,6 +13,7 @@ from fedcore.params import ModelLayout, module_vectors
 from fedcore.server.checkpoints import (
     CheckpointError,
     CheckpointStore,
+    CheckpointWriter,
     ServerState,
     pack,
     unpack,
@@ -177,3 +178,31 @@ def test_a_model_file_reads_back_as_the_flat_vectors_it_was_written_from(tmp_pat
     assert torch.equal(params, model.params) and torch.equal(buffers, model.buffers)
     with pytest.raises(ValueError, match="tensor names differ"):
         read_model_file(tmp_path / "model.fct", ModelLayout.of(nn.Linear(3, 4)))
+
+
+def test_background_writer_freezes_the_state_when_submitted(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    lines: list[str] = []
+    writer = CheckpointWriter(store, lines.append)
+    states = [_state(version) for version in (1, 2, 3)]
+    for state in states:
+        writer.submit(state)
+        state.strategy["moments"][0].add_(100.0)  # the strategy moves on at once
+    writer.drain()
+    assert lines == []
+    assert [p.name for p in store.checkpoints()] == ["v00000003", "v00000002", "v00000001"]
+    written = store.load_latest(LAYOUT, lines.append)
+    assert written is not None and written.model.version == 3
+    assert torch.equal(written.strategy["moments"][0], torch.full((3,), 3.0))
+    assert torch.equal(written.model.params, states[2].model.params)
+
+
+def test_background_writer_reports_a_failed_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "checkpoints"
+    blocker.write_text("a file where the folder should be")
+    lines: list[str] = []
+    writer = CheckpointWriter(CheckpointStore(blocker), lines.append)
+    writer.submit(_state(1))
+    with pytest.raises(OSError):
+        writer.drain()
+    assert lines and lines[0].startswith("writing a checkpoint failed:")
