@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedcore.config import ExperimentConfig
     from fedcore.data import DatasetUnavailable
     from fedcore.memory import peak_rss_bytes
+    from fedcore.serialization import FrameError
     from fedcore.typed_config import ConfigError, build
 
     try:
@@ -85,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         ConfigError,
         DeviceUnavailable,
         DatasetUnavailable,
+        FrameError,
         OSError,
     ) as error:
         print(f"fedcore client {args.id}: {error}", file=sys.stderr)

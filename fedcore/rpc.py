@@ -12,20 +12,21 @@ current versions (the RISC-V client's stack).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
-from fedcore.serialization import FrameParts
+from fedcore.serialization import FrameError, FrameParts
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 #: Field numbers of the frame bytes in TensorChunk and in UploadChunk's oneof.
 DOWNLOAD_FRAME_FIELD = pb.TensorChunk.DESCRIPTOR.fields_by_name["frame"].number
 UPLOAD_FRAME_FIELD = pb.UploadChunk.DESCRIPTOR.fields_by_name["frame"].number
 _LENGTH_DELIMITED = 2
+MessageType = TypeVar("MessageType", bound=Message)
 
 
 def _varint(value: int) -> bytes:
@@ -70,10 +71,18 @@ def sole_bytes_field(data: bytes, field: int) -> memoryview | None:
     return view[position:]
 
 
+def _parse(message: type[MessageType], data: bytes) -> MessageType:
+    """`data` parsed as `message`; FrameError (a malformed transfer) if it is not one."""
+    try:
+        return message.FromString(data)
+    except DecodeError as error:
+        raise FrameError(f"message is not a {message.__name__}: {error}") from None
+
+
 def download_frame(data: bytes) -> memoryview:
     """A received TensorChunk's frame."""
     frame = sole_bytes_field(data, DOWNLOAD_FRAME_FIELD)
-    return frame if frame is not None else memoryview(pb.TensorChunk.FromString(data).frame)
+    return frame if frame is not None else memoryview(_parse(pb.TensorChunk, data).frame)
 
 
 def upload_part(data: bytes) -> pb.UploadHeader | memoryview:
@@ -81,7 +90,7 @@ def upload_part(data: bytes) -> pb.UploadHeader | memoryview:
     frame = sole_bytes_field(data, UPLOAD_FRAME_FIELD)
     if frame is not None:
         return frame
-    chunk = pb.UploadChunk.FromString(data)
+    chunk = _parse(pb.UploadChunk, data)
     return chunk.header if chunk.HasField("header") else memoryview(chunk.frame)
 
 

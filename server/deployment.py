@@ -274,7 +274,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.UploadReply:
         """Reassemble, validate and deliver one update; refusals name their reason."""
-        header = await anext(aiter(request_iterator), None)
+        try:
+            header = await anext(aiter(request_iterator), None)
+        except FrameError as error:
+            header = None
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {error}")
         if not isinstance(header, pb.UploadHeader):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "upload must start with its header"

@@ -188,6 +188,29 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         reply = _upload(stub, joined.session, task, bad, examples)
         assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
 
+    garbled = _channel(port, root / "certs", "client-2").stream_unary(
+        "/fedcore.v1.Coordinator/UploadUpdate",
+        request_serializer=lambda message: message,
+        response_deserializer=pb.UploadReply.FromString,
+    )
+    task = _next_task(stub, joined.session)
+    header = pb.UploadHeader(
+        client_id="client-2",
+        session=joined.session,
+        task_id=task.task_id,
+        base_version=task.version,
+        num_examples=10,
+        local_steps=1,
+        payload="dense",
+    )
+    reply = garbled(iter([pb.UploadChunk(header=header).SerializeToString(), b"\xff" * 11]))
+    assert not reply.accepted and "message is not a UploadChunk" in reply.reason, reply.reason
+    cases.append(([], 10, "message is not a UploadChunk"))
+    with pytest.raises(grpc.RpcError) as error:
+        garbled(iter([b"\xff" * 11]), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed upload" in error.value.details()
+
     task = _next_task(stub, joined.session)
     assert _upload(stub, joined.session, task, frames(delta=torch.full((size,), 0.01))).accepted
     task = _next_task(stub, joined.session)
