@@ -136,9 +136,13 @@ def _chunks(tensor: torch.Tensor, chunk_bytes: int) -> Iterator[tuple[int, torch
         yield start, flat[start : start + step]
 
 
+def _sha256(chunk: torch.Tensor) -> str:
+    return hashlib.sha256(tensor_bytes(chunk)).hexdigest()
+
+
 def _digest(chunk: torch.Tensor, start: int, digests: dict[int, str]) -> str:
     if start not in digests:
-        digests[start] = hashlib.sha256(tensor_bytes(chunk)).hexdigest()
+        digests[start] = _sha256(chunk)
     return digests[start]
 
 
@@ -152,10 +156,7 @@ def chunk_digests(tensor: torch.Tensor, chunk_bytes: int, digests: dict[int, str
     ]
     if len(missing) > 1:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            hashed = pool.map(
-                lambda chunk: hashlib.sha256(tensor_bytes(chunk)).hexdigest(),
-                (c for _, c in missing),
-            )
+            hashed = pool.map(_sha256, (chunk for _, chunk in missing))
             digests.update(zip((start for start, _ in missing), hashed, strict=True))
     return [_digest(chunk, start, digests) for start, chunk in _chunks(tensor, chunk_bytes)]
 
