@@ -33,6 +33,36 @@ def fedcore(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return spawn([sys.executable, "-m", "fedcore.cli", *args], cwd)
 
 
+def start_server(root: Path, *overrides: str) -> subprocess.Popen[str]:
+    """`fedcore server OVERRIDES` with the certificates under root/certs and its run directory at
+    root/run."""
+    return fedcore(
+        "server",
+        *overrides,
+        f"deployment.certs={root / 'certs'}",
+        f"hydra.run.dir={root / 'run'}",
+        cwd=root,
+    )
+
+
+def finish_federation(
+    server: subprocess.Popen[str],
+    clients: list[subprocess.Popen[str]],
+    accepted: int | None = None,
+    timeout: float = 240,
+) -> list[str]:
+    """Wait for the clients, then the server: each must exit 0, and each client must report
+    `accepted` updates accepted when that is given. Their outputs, clients first."""
+    outputs = [process.communicate(timeout=timeout)[0] for process in clients]
+    outputs.append(server.communicate(timeout=60)[0])
+    for process, output in zip([*clients, server], outputs, strict=True):
+        assert process.returncode == 0, output
+    if accepted is not None:
+        for output in outputs[:-1]:
+            assert f"done, {accepted} updates accepted" in output, output
+    return outputs
+
+
 def client_args(root: Path, port: int, number: int) -> list[str]:
     """`fedcore client` arguments for client-`number` of the test federation under `root`."""
     return client_arguments(

@@ -12,7 +12,7 @@ from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
-from tests.processes import client, fedcore, make_certs, server_port
+from tests.processes import client, finish_federation, make_certs, server_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +36,9 @@ def federation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One server and four clients, run to completion; returns the server's run directory."""
     root = tmp_path_factory.mktemp("deploy")
     make_certs(root, 4)
-    server = fedcore(
-        "server",
-        *SERVER_ARGS,
-        f"deployment.certs={root / 'certs'}",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
-    )
+    server = start_server(root, *SERVER_ARGS)
     port = server_port(server)
-    clients = [client(root, port, i) for i in range(4)]
-    outputs = [c.communicate(timeout=240)[0] for c in clients]
-    server_output = server.communicate(timeout=60)[0]
-    assert server.returncode == 0, server_output
-    for process, output in zip(clients, outputs, strict=True):
-        assert process.returncode == 0, output
-        assert "done, 3 updates accepted" in output
+    finish_federation(server, [client(root, port, i) for i in range(4)], accepted=3)
     return root / "run"
 
 

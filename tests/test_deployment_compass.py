@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedcore.server.ledger import read_ledger
-from tests.processes import client, fedcore, make_certs, server_port
+from tests.processes import client, finish_federation, make_certs, server_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,9 @@ SLOW = (0.005, 0.01, 0.02, 0.04)
 def compass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One FedCompass server and four clients of different speeds, run to completion."""
     root = tmp_path_factory.mktemp("compass")
-    certs = make_certs(root, 4)
-    server = fedcore(
-        "server",
+    make_certs(root, 4)
+    server = start_server(
+        root,
         "strategy=fedcompass",
         "strategy.max_local_steps=40",
         "strategy.min_local_steps=4",
@@ -39,17 +39,10 @@ def compass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "deployment.address=127.0.0.1:0",
         "deployment.heartbeat_seconds=0.5",
         "deployment.liveness_timeout=5.0",
-        f"deployment.certs={certs}",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
     )
     port = server_port(server)
     clients = [client(root, port, i, "--slow", str(SLOW[i])) for i in range(4)]
-    outputs = [c.communicate(timeout=120)[0] for c in clients]
-    server_output = server.communicate(timeout=60)[0]
-    assert server.returncode == 0, server_output
-    for process, output in zip(clients, outputs, strict=True):
-        assert process.returncode == 0, output
+    finish_federation(server, clients, timeout=120)
     return root / "run"
 
 

@@ -15,7 +15,7 @@ from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.fedamd import FedAMD
-from tests.processes import client, fedcore, make_certs, server_port
+from tests.processes import client, finish_federation, make_certs, server_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +43,10 @@ SERVER_ARGS = [
 def federation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One server and three clients, run to completion; returns the server's run directory."""
     root = tmp_path_factory.mktemp("deploy-fedamd")
-    certs = make_certs(root, CLIENTS)
-    server = fedcore(
-        "server",
-        *SERVER_ARGS,
-        f"deployment.certs={certs}",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
-    )
+    make_certs(root, CLIENTS)
+    server = start_server(root, *SERVER_ARGS)
     port = server_port(server)
-    clients = [client(root, port, i) for i in range(CLIENTS)]
-    outputs = [c.communicate(timeout=240)[0] for c in clients]
-    server_output = server.communicate(timeout=60)[0]
-    assert server.returncode == 0, server_output
-    for process, output in zip(clients, outputs, strict=True):
-        assert process.returncode == 0, output
-        assert "done, 3 updates accepted" in output
+    finish_federation(server, [client(root, port, i) for i in range(CLIENTS)], accepted=3)
     return root / "run"
 
 

@@ -18,7 +18,7 @@ from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import GlobalModel
-from tests.processes import client, fedcore, free_port, make_certs, wait_for
+from tests.processes import client, free_port, make_certs, start_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,7 @@ BASE_ARGS = [
 
 
 def _server(root: Path, port: int, *args: str) -> subprocess.Popen[str]:
-    return fedcore(
-        "server",
-        *BASE_ARGS,
-        *args,
-        f"deployment.address=127.0.0.1:{port}",
-        f"deployment.certs={root / 'certs'}",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
-    )
+    return start_server(root, *BASE_ARGS, *args, f"deployment.address=127.0.0.1:{port}")
 
 
 def _entries(run: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
-from tests.processes import client, fedcore, make_certs, server_port
+from tests.processes import client, finish_federation, make_certs, server_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -46,26 +46,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     started: dict[str, tuple[Path, subprocess.Popen[str], list[subprocess.Popen[str]]]] = {}
     for name, (clients, overrides) in RUNS.items():
         root = tmp_path_factory.mktemp(name)
-        certs = make_certs(root, clients)
-        server = fedcore(
-            "server",
-            *COMMON,
-            *overrides,
-            f"num_clients={clients}",
-            f"clients_per_round={clients}",
-            f"deployment.certs={certs}",
-            f"hydra.run.dir={root / 'run'}",
-            cwd=root,
+        make_certs(root, clients)
+        server = start_server(
+            root, *COMMON, *overrides, f"num_clients={clients}", f"clients_per_round={clients}"
         )
         port = server_port(server)
         started[name] = (root, server, [client(root, port, i) for i in range(clients)])
     for _, server, processes in started.values():
-        outputs = [p.communicate(timeout=240)[0] for p in processes]
-        server_output = server.communicate(timeout=60)[0]
-        assert server.returncode == 0, server_output
-        for process, output in zip(processes, outputs, strict=True):
-            assert process.returncode == 0, output
-            assert "done, 2 updates accepted" in output
+        finish_federation(server, processes, accepted=2)
     return {name: root / "run" for name, (root, _, _) in started.items()}
 
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from fedcore.server.ledger import read_ledger
-from tests.processes import client, client_args, fedcore, make_certs, server_port, spawn
+from tests.processes import (
+    client,
+    client_args,
+    finish_federation,
+    make_certs,
+    server_port,
+    spawn,
+    start_server,
+)
 from tests.rvstack import REPO
 
 pytestmark = pytest.mark.slow
@@ -18,8 +26,8 @@ def test_client_on_the_old_stack_trains_with_a_current_client(
     rv_python: Path, tmp_path: Path
 ) -> None:
     make_certs(tmp_path, 2)
-    server = fedcore(
-        "server",
+    server = start_server(
+        tmp_path,
         "dataset=synthetic",
         "model=mlp",
         "num_clients=2",
@@ -28,9 +36,6 @@ def test_client_on_the_old_stack_trains_with_a_current_client(
         "training.local_steps=3",
         "output.progress=off",
         "deployment.address=127.0.0.1:0",
-        f"deployment.certs={tmp_path / 'certs'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
     )
     port = server_port(server)
     old_stack = spawn(
@@ -43,11 +48,7 @@ def test_client_on_the_old_stack_trains_with_a_current_client(
         tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
-    current = client(tmp_path, port, 0)
-    outputs = [process.communicate(timeout=240)[0] for process in (current, old_stack)]
-    assert server.wait(timeout=60) == 0
-    assert current.returncode == 0 and old_stack.returncode == 0, outputs
-    assert "done, 3 updates accepted" in outputs[1]
+    finish_federation(server, [client(tmp_path, port, 0), old_stack], accepted=3)
 
     entries = read_ledger(tmp_path / "run" / "ledger.jsonl")
     libraries = next(e for e in entries if e["event"] == "join" and e["client"] == 1)["profile"][

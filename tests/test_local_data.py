@@ -11,7 +11,7 @@ from fedcore.clients.local_data import load_local_data
 from fedcore.data import load_dataset
 from fedcore.server.ledger import read_ledger
 from fedcore.typed_config import ConfigError
-from tests.processes import client, fedcore, make_certs, server_port
+from tests.processes import client, finish_federation, make_certs, server_port, start_server
 from tests.user_data_hook import points
 
 DATASET = load_dataset("synthetic")
@@ -56,8 +56,8 @@ def test_a_client_trains_on_its_own_data_in_a_deployment(tmp_path: Path) -> None
     make_certs(tmp_path, 2)
     x, y = points(DATASET.info)
     np.savez(tmp_path / "mine.npz", x=x, y=y)
-    server = fedcore(
-        "server",
+    server = start_server(
+        tmp_path,
         "dataset=synthetic",
         "model=mlp",
         "num_clients=2",
@@ -66,18 +66,13 @@ def test_a_client_trains_on_its_own_data_in_a_deployment(tmp_path: Path) -> None
         "training.local_steps=3",
         "output.progress=off",
         "deployment.address=127.0.0.1:0",
-        f"deployment.certs={tmp_path / 'certs'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
     )
     port = server_port(server)
     clients = [
         client(tmp_path, port, 0),
         client(tmp_path, port, 1, "--data", str(tmp_path / "mine.npz")),
     ]
-    outputs = [c.communicate(timeout=240)[0] for c in clients]
-    assert server.wait(timeout=60) == 0
-    assert all(c.returncode == 0 for c in clients), outputs
+    finish_federation(server, clients)
     accepted = [
         e for e in read_ledger(tmp_path / "run" / "ledger.jsonl") if e["event"] == "accepted"
     ]

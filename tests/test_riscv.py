@@ -27,7 +27,15 @@ from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.registry import STRATEGIES
-from tests.processes import client, client_args, fedcore, make_certs, server_port, spawn, wait_for
+from tests.processes import (
+    client,
+    client_args,
+    make_certs,
+    server_port,
+    spawn,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,14 +77,7 @@ def _federation(root: Path, *overrides: str) -> tuple[Path, list[str]]:
     otherwise finish an asynchronous run before the emulated client is up), to completion:
     the run folder and the outputs of riscv64 client, x86 client and server."""
     make_certs(root, 2)
-    server = fedcore(
-        "server",
-        *SERVER_ARGS,
-        *overrides,
-        f"deployment.certs={root / 'certs'}",
-        f"hydra.run.dir={root / 'run'}",
-        cwd=root,
-    )
+    server = start_server(root, *SERVER_ARGS, *overrides)
     port = server_port(server)
     riscv = spawn(["bash", str(RISCV / "client.sh"), *client_args(root, port, 1)], root)
     ledger = root / "run" / "ledger.jsonl"
