@@ -1,4 +1,5 @@
-"""A scripted StrategyContext: lets tests drive a strategy event by event with no runtime."""
+"""A scripted StrategyContext that lets tests drive a strategy event by event with no runtime,
+and a recorder of what a real simulation sends."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from fedcore.params import ModelLayout, ParamSpec
 from fedcore.records import DenseDelta, Task, Update
+from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
 
@@ -68,3 +70,16 @@ class ScriptedContext:
         self.strategy.on_update(Arrival(update, delta, base, self._model.version - task.version))
         self.idle.add(task.client_id)
         self.strategy.on_client_idle(task.client_id)
+
+
+def record_sends(simulation: Simulation) -> list[tuple[float, Task]]:
+    """Every task `simulation` sends from now on, with its virtual send time (filled as it runs)."""
+    sent: list[tuple[float, Task]] = []
+    original_send = simulation.send
+
+    def send(task: Task, model: GlobalModel) -> None:
+        sent.append((simulation.now(), task))
+        original_send(task, model)
+
+    simulation.send = send
+    return sent

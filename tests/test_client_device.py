@@ -28,6 +28,16 @@ needs_cuda = [
 ]
 
 
+def _assert_refused_in_child(script: str) -> None:
+    """Run `script` in a fresh interpreter (a budget is process-wide): it must exit cleanly after
+    printing that the allocation over its budget was refused."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused:" in done.stdout
+
+
 def test_auto_takes_cuda_only_when_available_and_cpu_is_always_cpu() -> None:
     assert select_device("auto", lambda: False) == torch.device("cpu")
     assert select_device("auto", lambda: True) == torch.device("cuda")
@@ -90,11 +100,7 @@ def test_cpu_memory_budget_stops_an_allocation_beyond_it() -> None:
         "except RuntimeError as error:\n"
         "    print('refused:', error)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "refused:" in done.stdout
+    _assert_refused_in_child(script)
 
 
 def test_bfloat16_autocast_changes_only_the_arithmetic_precision() -> None:
@@ -186,11 +192,7 @@ def test_cuda_memory_budget_caps_the_allocator() -> None:
         "except torch.OutOfMemoryError as error:\n"
         "    print('refused:', type(error).__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "refused:" in done.stdout
+    _assert_refused_in_child(script)
 
 
 def test_a_budget_beyond_the_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from fedcore.strategies.fedcompass import Buffered, FedCompass, FedCompassConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
 from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
-from tests.harness import ScriptedContext
+from tests.harness import ScriptedContext, record_sends
 
 P = 64
 
@@ -234,14 +234,7 @@ def test_bad_step_bounds_are_a_config_error_naming_the_key():
 def _simulated_tasks(*overrides: str) -> tuple[list[tuple[float, Task]], Simulation]:
     config = composed(*FAST, "strategy=fedcompass", *overrides)
     simulation = Simulation(make_experiment(config), config)
-    sent: list[tuple[float, Task]] = []
-    original_send = simulation.send
-
-    def send(task, model):
-        sent.append((simulation.now(), task))
-        original_send(task, model)
-
-    simulation.send = send
+    sent = record_sends(simulation)
     simulation.run()
     return sent, simulation
 

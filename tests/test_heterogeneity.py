@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from fedcore.profiles import Outage, ProfileConfig, ProfileSampler, Slowdown
-from fedcore.records import Task
 from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.simulation import Simulation
 from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
+from tests.harness import record_sends
 
 
 def test_loguniform_speeds_span_the_configured_spread():
@@ -64,14 +64,7 @@ def test_clients_in_an_outage_get_no_work_until_it_ends():
         "evaluation.every=1000",
     )
     simulation = Simulation(make_experiment(config), config)
-    sent: list[tuple[float, Task]] = []
-    original_send = simulation.send
-
-    def send(task, model):
-        sent.append((simulation.now(), task))
-        original_send(task, model)
-
-    simulation.send = send
+    sent = record_sends(simulation)
     simulation.run()
     assert simulation.now() > 6.0
     away = {c for c in range(8) if simulation.profiles.offline_until(c, 2.0) == 5.0}
