@@ -16,6 +16,7 @@ with streaming aggregation the peak must not grow with the number of concurrent 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import re
@@ -233,7 +234,8 @@ def _uploader(port: int, certs: Path, number: int, params: int) -> None:
                 pb.TaskRequest(client_id=name, session=join.session, wait_seconds=10), timeout=60
             )
             if task.status == pb.TaskReply.DONE:
-                stub.Leave(pb.LeaveRequest(client_id=name, session=join.session), timeout=60)
+                with contextlib.suppress(grpc.RpcError):  # the server may have stopped already
+                    stub.Leave(pb.LeaveRequest(client_id=name, session=join.session), timeout=60)
                 return
             if task.status != pb.TaskReply.TASK:
                 continue

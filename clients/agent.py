@@ -10,6 +10,7 @@ has (no Hydra, no server code).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -101,21 +102,23 @@ class ClientAgent:
         self._heartbeat_thread: threading.Thread | None = None
         #: Set when a heartbeat reply says training is over.
         self.server_done = threading.Event()
+        #: Updates the server accepted, over every session of this run.
+        self.accepted = 0
         #: The last downloaded model's tensors, refilled by the next download (tasks run one at
         #: a time, and nothing keeps them once the update is uploaded).
         self._model_memory: dict[str, torch.Tensor] = {}
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
-        accepted, backoff = 0, 1.0
+        backoff = 1.0
         while True:
             channel = channel_for(self.settings)
             try:
                 stub = coordinator_stub(channel)
                 self._join(stub)
                 backoff = 1.0
-                accepted += self._work(stub)
-                return accepted
+                self._work(stub)
+                return self.accepted
             except grpc.RpcError as error:
                 self._raise_if_fatal(error)
                 if self.server_done.is_set():
@@ -124,7 +127,7 @@ class ClientAgent:
                         "while this client was working; its last update is not needed",
                         flush=True,
                     )
-                    return accepted
+                    return self.accepted
                 delay = min(self.settings.max_backoff, backoff) * random.uniform(0.5, 1.0)
                 print(
                     f"fedcore client {self.settings.client_id}: server unavailable "
@@ -205,8 +208,8 @@ class ClientAgent:
             if reply.done:
                 self.server_done.set()
 
-    def _work(self, stub: pb_grpc.CoordinatorStub) -> int:
-        accepted = 0
+    def _work(self, stub: pb_grpc.CoordinatorStub) -> None:
+        """Ask for tasks, train and upload them, until the server says DONE."""
         data = (
             self.local_data
             if self.local_data is not None
@@ -222,11 +225,15 @@ class ClientAgent:
                 timeout=self.settings.poll_seconds + 30,
             )
             if reply.status == pb.TaskReply.DONE:
-                stub.Leave(
-                    pb.LeaveRequest(client_id=self.settings.client_id, session=self.session),
-                    timeout=30,
-                )
-                return accepted
+                self.server_done.set()
+                with contextlib.suppress(grpc.RpcError):
+                    # A courtesy: the server stops once every client has heard DONE, so it may
+                    # be gone already.
+                    stub.Leave(
+                        pb.LeaveRequest(client_id=self.settings.client_id, session=self.session),
+                        timeout=30,
+                    )
+                return
             if reply.status == pb.TaskReply.WAIT:
                 continue
             params, buffers, extras = self._download(stub, reply)
@@ -241,7 +248,7 @@ class ClientAgent:
             )
             update = self._train(task, params, buffers, data)
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
-            accepted += int(result.accepted)
+            self.accepted += int(result.accepted)
             if not result.accepted:
                 print(
                     f"fedcore client {self.settings.client_id}: update refused: {result.reason}",
