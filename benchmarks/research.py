@@ -123,7 +123,7 @@ QUICK = Plan(rounds=3, seeds=(0,), settings=(SETTINGS[1], SETTINGS[4]))
 
 
 class ComputeMeter:
-    """Wraps `LocalTrainer.train` to add up each task's forward/backward work and seconds."""
+    """Wraps `LocalTrainer.run` to add up each task's forward/backward work and seconds."""
 
     def __init__(self, train: Callable[[Task, torch.Tensor, torch.Tensor, Split], Update]) -> None:
         self.train = train
@@ -149,8 +149,8 @@ def run_one(overrides: Sequence[str]) -> dict[str, Any]:
     config = composed_config(*overrides)
     experiment = make_experiment(config)
     simulation = Simulation(experiment, config)
-    meter = ComputeMeter(simulation.trainer.train)
-    simulation.trainer.train = meter
+    meter = ComputeMeter(simulation.trainer.run)
+    simulation.trainer.run = meter
     report = RunReport(
         experiment,
         config,

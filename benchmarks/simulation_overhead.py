@@ -3,7 +3,7 @@
 1,000 clients, 100 per round, one local SGD step each of a ~100k-parameter MLP on synthetic
 data, no evaluation and no run directory. Each of `RUNS` measurements is a fresh process
 (`--child`) that composes the config, builds the experiment, runs `Simulation` with a listener
-on its coordinator and `LocalTrainer.train` wrapped in a timer, and then, as the baseline,
+on its coordinator and `LocalTrainer.run` wrapped in a timer, and then, as the baseline,
 runs the same number of local steps (one LocalTrainer, one task per cohort member) in a plain
 loop, best of `REPEATS`. The parent reports the best run (lowest median round): process start
 to the first published model (the fastest of the runs), in-process setup to the first model,
@@ -36,11 +36,11 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.records import Task, Update
 from fedcore.server.coordinator import Publication
 from fedcore.server.experiment import Experiment, make_experiment
 from fedcore.server.simulation import Simulation
-from fedcore.training import LocalTrainer
 
 NAME = "simulation_overhead"
 MODULE = f"benchmarks.{NAME}"
@@ -85,7 +85,7 @@ def overrides(shape: Shape) -> list[str]:
 
 
 class TimedTrain:
-    """Wraps `LocalTrainer.train`, adding up the seconds spent inside it."""
+    """Wraps `LocalTrainer.run`, adding up the seconds spent inside it."""
 
     def __init__(self, train: Callable[..., Update]) -> None:
         self.train = train
@@ -111,7 +111,7 @@ def plain_training_seconds(experiment: Experiment, clients: int) -> float:
 
     def loop() -> None:
         for task, data in zip(tasks, splits, strict=True):
-            trainer.train(task, initial.params, initial.buffers, data)
+            trainer.run(task, initial.params, initial.buffers, data)
 
     return best_times({"plain": loop}, REPEATS)["plain"]
 
@@ -124,8 +124,8 @@ def child(shape: Shape) -> dict[str, Any]:
     experiment = make_experiment(config)
     built = time.perf_counter()
     simulation = Simulation(experiment, config)
-    timed_train = TimedTrain(simulation.trainer.train)
-    simulation.trainer.train = timed_train
+    timed_train = TimedTrain(simulation.trainer.run)
+    simulation.trainer.run = timed_train
     ready = time.perf_counter()
     marks: list[tuple[float, float]] = []
     first_round_wall: list[float] = []

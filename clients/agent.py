@@ -1,7 +1,9 @@
 """`fedcore client`: a deployed client process.
 
-It joins with its device profile, long-polls for tasks, downloads the task's model as
-chunked frames, trains with the same LocalTrainer the simulation uses, uploads its update as
+It joins with its device profile, long-polls for tasks (saying which model version it holds,
+so that version is not sent again), downloads what the task starts from as chunked frames, runs
+the task's client technique and transforms with the same LocalTrainer the simulation uses
+(evaluation on its hold-out: its partition's, or a share of its `--data`), uploads the result as
 chunked frames, and loops until the server says DONE. A lost server is retried with capped
 exponential backoff and jitter; credential and authorisation failures end the process at once
 with a clear message, since retrying cannot fix them. Imports only what the RISC-V userland
@@ -19,20 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import torch
 
 from fedcore.clients.device import ClientDevice
 from fedcore.clients.local_data import load_local_data
 from fedcore.clients.profile import calibrate, calibration_task, device_profile, profile_line
+from fedcore.clients.techniques import technique_type
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import ExperimentConfig
-from fedcore.data import Split
+from fedcore.data import Split, holdout_split
 from fedcore.federation import make_federation, model_builder
+from fedcore.messages import download_layout, received_task, update_vectors, upload_header
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
-from fedcore.records import DenseDelta, Task, Update, WorkKind
+from fedcore.records import Task, Update
 from fedcore.rpc import UPLOAD_FRAME_FIELD, coordinator_stub, frame_message
-from fedcore.serialization import DTYPES, FrameError
-from fedcore.training import LocalTrainer, planned_steps
 from fedcore.wire import VectorAssembler, vector_frames
 
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -90,7 +94,9 @@ class ClientAgent:
         self.step_delay = step_delay
         self.device = device or ClientDevice(torch.device("cpu"), config.client_devices.cpu)
         self.federation = make_federation(config)
-        self.local_data = load_local_data(data, self.federation.dataset) if data else None
+        self.local_data = (
+            local_splits(load_local_data(data, self.federation.dataset), config) if data else None
+        )
         self.trainer = LocalTrainer(
             model_builder(config, self.federation.dataset), device=self.device.device
         )
@@ -105,8 +111,9 @@ class ClientAgent:
         #: Updates the server accepted, over every session of this run.
         self.accepted = 0
         #: The last downloaded model's tensors, refilled by the next download (tasks run one at
-        #: a time, and nothing keeps them once the update is uploaded).
+        #: a time), and the version they hold while a task has not overwritten them.
         self._model_memory: dict[str, torch.Tensor] = {}
+        self._held_version: int | None = None
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
@@ -175,11 +182,23 @@ class ClientAgent:
     def _train(
         self, task: Task, params: torch.Tensor, buffers: torch.Tensor, data: Split
     ) -> Update:
-        """Run a task on the client's device and settings (and `--slow`'s delay per step)."""
+        """Run a task on the client's device and settings (and `--slow`'s delay per pass).
+        The task may overwrite `params` (the download buffer), which then holds no model."""
         if self.step_delay:
-            time.sleep(self.step_delay * planned_steps(task, len(data)))
+            time.sleep(self.step_delay * self.trainer.passes(task, len(data)))
+        reuse = technique_type(task.technique).data == "train"
+        if reuse:
+            self._held_version = None
         with self.device.compute():
-            return self.trainer.train(task, params, buffers, data, reuse_params=True)
+            return self.trainer.run(task, params, buffers, data, reuse_params=reuse)
+
+    def _data(self, task: Task) -> Split:
+        """The data the task's technique works on: training examples or the hold-out."""
+        holdout = technique_type(task.technique).data == "holdout"
+        if self.local_data is not None:
+            return self.local_data[1 if holdout else 0]
+        split = self.federation.holdout_split if holdout else self.federation.train_split
+        return split(self.number)
 
     def _join(self, stub: pb_grpc.CoordinatorStub) -> None:
         reply = stub.Join(
@@ -210,17 +229,15 @@ class ClientAgent:
 
     def _work(self, stub: pb_grpc.CoordinatorStub) -> None:
         """Ask for tasks, train and upload them, until the server says DONE."""
-        data = (
-            self.local_data
-            if self.local_data is not None
-            else self.federation.train_split(self.number)
-        )
         while True:
+            held = self._held_version
             reply = stub.GetTask(
                 pb.TaskRequest(
                     client_id=self.settings.client_id,
                     session=self.session,
                     wait_seconds=self.settings.poll_seconds,
+                    holds_model=held is not None,
+                    held_version=held or 0,
                 ),
                 timeout=self.settings.poll_seconds + 30,
             )
@@ -236,17 +253,8 @@ class ClientAgent:
                 return
             if reply.status == pb.TaskReply.WAIT:
                 continue
-            params, buffers, extras = self._download(stub, reply)
-            task = Task(
-                client_id=self.number,
-                version=reply.version,
-                kind=WorkKind(reply.kind),
-                local_steps=reply.local_steps,
-                hyper=dict(reply.hyper),
-                extras=extras,
-                seed=reply.seed,
-            )
-            update = self._train(task, params, buffers, data)
+            task, params, buffers = self._download(stub, reply)
+            update = self._train(task, params, buffers, self._data(task))
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
             self.accepted += int(result.accepted)
             if not result.accepted:
@@ -257,18 +265,11 @@ class ClientAgent:
 
     def _download(
         self, stub: pb_grpc.CoordinatorStub, reply: pb.TaskReply
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """The task's model (params, buffers) and the extra tensors its TaskReply announced."""
+    ) -> tuple[Task, torch.Tensor, torch.Tensor]:
+        """The task a TaskReply announces, with the model it starts from (downloaded into the
+        last model's memory, or the held model when the server sent none)."""
         layout = self.trainer.bound.layout
-        expected = {
-            "params": (layout.params.numel, layout.params.dtype),
-            "buffers": (layout.buffers.numel, layout.buffers.dtype),
-        }
-        for spec in reply.extras:
-            if spec.dtype not in DTYPES:
-                raise FrameError(f"task extra {spec.name!r} has unknown dtype {spec.dtype!r}")
-            expected[f"extra/{spec.name}"] = (spec.numel, DTYPES[spec.dtype])
-        assembler = VectorAssembler(expected, into=self._model_memory)
+        assembler = VectorAssembler(download_layout(reply, layout), into=self._model_memory)
         request = pb.DownloadRequest(
             client_id=self.settings.client_id,
             session=self.session,
@@ -278,28 +279,29 @@ class ClientAgent:
         for frame in stub.DownloadModel(request, timeout=600):
             assembler.add(frame)
         vectors = assembler.result()
-        self._model_memory = {"params": vectors["params"], "buffers": vectors["buffers"]}
-        extras = {spec.name: vectors[f"extra/{spec.name}"] for spec in reply.extras}
-        return vectors["params"], vectors["buffers"], extras
+        memory = self._model_memory
+        held = (
+            memory.get("params", torch.zeros(layout.params.numel, dtype=layout.params.dtype)),
+            memory.get("buffers", torch.zeros(layout.buffers.numel, dtype=layout.buffers.dtype)),
+        )
+        task, params, buffers = received_task(reply, self.number, vectors, layout, held)
+        if reply.download == "full":
+            self._model_memory = {"params": params, "buffers": buffers}
+            self._held_version = task.version
+        return task, params, buffers
 
     def _upload(self, task_id: str, update: Update) -> Iterator[pb.UploadChunk | bytes]:
         yield pb.UploadChunk(
-            header=pb.UploadHeader(
-                client_id=self.settings.client_id,
-                session=self.session,
-                task_id=task_id,
-                base_version=update.base_version,
-                num_examples=update.num_examples,
-                local_steps=update.local_steps,
-                compute_seconds=update.compute_seconds,
-                wall_seconds=update.wall_seconds,
-                metrics=update.metrics,
-                payload="dense",
-            )
+            header=upload_header(update, self.settings.client_id, self.session, task_id)
         )
-        if not isinstance(update.payload, DenseDelta):
-            raise TypeError("the client uploads dense deltas")
-        buffers = update.buffers if update.buffers is not None else torch.zeros(0)
-        vectors = {"delta": update.payload.values, "buffers": buffers}
-        for parts in vector_frames(vectors, self.config.deployment.chunk_bytes):
+        for parts in vector_frames(update_vectors(update), self.config.deployment.chunk_bytes):
             yield frame_message(UPLOAD_FRAME_FIELD, parts)
+
+
+def local_splits(data: Split, config: ExperimentConfig) -> tuple[Split, Split]:
+    """A client's own data as (training examples, evaluation hold-out): the partition's hold-out
+    fraction, drawn from the run's seed as the shared partitions' are."""
+    train, held = holdout_split(
+        [np.arange(len(data))], config.partition.holdout, seed=config.seed + 1
+    )
+    return data.subset(torch.from_numpy(train[0])), data.subset(torch.from_numpy(held[0]))

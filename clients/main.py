@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedcore.clients.agent import ClientAgent, ClientFatal, ClientSettings
     from fedcore.clients.device import DeviceUnavailable, client_device
+    from fedcore.clients.plugins import load_plugins
     from fedcore.config import ExperimentConfig
     from fedcore.data import DatasetUnavailable
     from fedcore.memory import peak_rss_bytes
@@ -75,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         data = yaml.safe_load(args.config.read_text(encoding="utf-8"))
         data.pop("hydra", None)
         config = build(ExperimentConfig, data)
+        load_plugins(config.plugins)
         device = client_device(args.device, config.client_devices)
         device.apply()
         settings = ClientSettings(args.server, args.id, args.certs, args.server_name)

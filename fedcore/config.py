@@ -6,13 +6,14 @@ dataclasses and fails before any training with a message naming the offending ke
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from fedcore.profiles import ProfileConfig
-from fedcore.records import Task
+from fedcore.records import Task, TransformSpec
 from fedcore.serialization import DEFAULT_CHUNK_BYTES
 from fedcore.typed_config import require
 
@@ -124,7 +125,9 @@ class OutputConfig:
 
 @dataclass
 class TrainingConfig:
-    """Client-side hyper-parameters sent with every training task."""
+    """What every training task asks of a client: the client technique and its parameters
+    (`clients/techniques/`), and the update transforms applied before upload, in order
+    (`clients/transforms/`, e.g. `[{name: topk, fraction: 0.1}]`)."""
 
     local_steps: int = 10
     local_epochs: float = 0.0
@@ -132,36 +135,64 @@ class TrainingConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    technique: str = "sgd"
+    options: dict[str, float] = field(default_factory=dict)
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(self.local_steps >= 1, "local_steps", "must be >= 1", self.local_steps)
         require(self.local_epochs >= 0, "local_epochs", "must be >= 0", self.local_epochs)
         require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
-        require(self.lr > 0, "lr", "must be > 0", self.lr)
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0", self.lr)
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        for index, spec in enumerate(self.transforms):
+            name = spec.get("name")
+            require(
+                isinstance(name, str) and bool(name),
+                f"transforms[{index}].name",
+                "must name an update transform",
+                name,
+            )
+            for key, value in spec.items():
+                require(
+                    key == "name" or (isinstance(value, int | float) and math.isfinite(value)),
+                    f"transforms[{index}].{key}",
+                    "must be a finite number",
+                    value,
+                )
 
     def hyper(self) -> dict[str, float]:
-        """The hyper-parameters as a task carries them."""
+        """The technique's parameters as a task carries them."""
         return {
             "epochs": self.local_epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
+            **self.options,
         }
+
+    def transform_specs(self) -> tuple[TransformSpec, ...]:
+        """The configured update transforms as tasks carry them."""
+        return tuple(
+            TransformSpec(str(spec["name"]), {k: float(v) for k, v in spec.items() if k != "name"})
+            for spec in self.transforms
+        )
 
     def task(
         self, client_id: int, version: int, rng: np.random.Generator, deadline: float | None = None
     ) -> Task:
-        """A local-SGD task from model `version`, with a task seed drawn from the sampler."""
+        """A training task from model `version`, with a task seed drawn from the sampler."""
         return Task(
             client_id=client_id,
             version=version,
+            technique=self.technique,
             local_steps=self.local_steps,
             hyper=self.hyper(),
             deadline=deadline,
             seed=int(rng.integers(2**62)),
+            transforms=self.transform_specs(),
         )
 
 
@@ -277,6 +308,9 @@ class ExperimentConfig:
     validation: ValidationPolicy = field(default_factory=ValidationPolicy)
     client_devices: ClientDevicesConfig = field(default_factory=ClientDevicesConfig)
     server_data: ServerDataConfig = field(default_factory=ServerDataConfig)
+    #: Modules imported before the run (server, simulation workers and clients alike) to
+    #: register user techniques, transforms and strategies.
+    plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)

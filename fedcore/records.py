@@ -1,59 +1,54 @@
 """The two records that cross between server and clients: Task (what to do) and Update (what came back).
 
 Both are transport-neutral: the simulation hands them over in memory, deployment encodes them
-as protobuf control fields plus tensor frames.
+as protobuf control fields plus tensor frames (`fedcore/messages.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from fedcore.payloads import DenseDelta, Payload, payload_nbytes
 
-class WorkKind(StrEnum):
-    """Kinds of local work a client can be asked to do."""
+#: How a task's starting model reaches the client: the whole model, only the parameters under
+#: `extras["mask"]` (the rest are zero: a pruned sub-model), or nothing (the client rebuilds it
+#: from the task's extras, e.g. replayed seeds). A client already holding the version gets only
+#: the extras in every case.
+Download = Literal["full", "masked", "none"]
+DOWNLOADS: tuple[str, ...] = ("full", "masked", "none")
+#: Task.extras key of a masked download's mask (bool, one entry per parameter).
+MASK = "mask"
 
-    SGD = "sgd"
-    EVALUATE = "evaluate"
-    #: FedAMD anchor: the mean gradient at the received model over a large random batch.
-    ANCHOR = "anchor"
-    #: FedAMD miner: recursive variance-reduced steps from `extras["direction"]`.
-    MINER = "miner"
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """One update transform a client applies to its delta before upload, with its options."""
+
+    name: str
+    options: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Task:
-    """What the server asks one client to do, starting from global model `version`."""
+    """What the server asks one client to do, starting from global model `version`.
+
+    `technique` names the client technique that does the local work
+    (`clients/techniques/`); `hyper` holds its parameters, which the technique decodes into
+    its typed parameters (an unknown or mistyped key is an error naming it)."""
 
     client_id: int
     version: int
-    kind: WorkKind = WorkKind.SGD
+    technique: str = "sgd"
     local_steps: int = 1
     hyper: dict[str, float] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     deadline: float | None = None
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class DenseDelta:
-    """A full-size parameter delta: trained minus received weights."""
-
-    values: torch.Tensor
-
-
-@dataclass(frozen=True)
-class SparseDelta:
-    """A delta that is zero outside `indices` (pruned or top-k updates)."""
-
-    indices: torch.Tensor
-    values: torch.Tensor
-
-
-Payload = DenseDelta | SparseDelta
+    transforms: tuple[TransformSpec, ...] = ()
+    download: Download = "full"
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,8 @@ class Update:
     client_id: int
     base_version: int
     num_examples: int
-    payload: Payload
+    #: None for work that returns metrics only (evaluation).
+    payload: Payload | None
     buffers: torch.Tensor | None = None
     local_steps: int = 0
     compute_seconds: float = 0.0
@@ -73,12 +69,10 @@ class Update:
     @property
     def nbytes(self) -> int:
         """Bytes of tensor data this update carries."""
-        tensors: list[torch.Tensor] = [
-            t for t in vars(self.payload).values() if isinstance(t, torch.Tensor)
-        ]
-        if self.buffers is not None:
-            tensors.append(self.buffers)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        buffers = self.buffers
+        extra = 0 if buffers is None else buffers.numel() * buffers.element_size()
+        carried = 0 if self.payload is None else payload_nbytes(self.payload)
+        return carried + extra
 
 
 def delta_update(
@@ -110,24 +104,6 @@ def delta_update(
     )
 
 
-def dense_delta(payload: Payload, numel: int) -> torch.Tensor:
-    """The flat delta a payload stands for, as a dense vector of `numel` elements."""
-    if isinstance(payload, DenseDelta):
-        if payload.values.shape != (numel,):
-            raise ValueError(
-                f"dense delta has shape {tuple(payload.values.shape)}, want ({numel},)"
-            )
-        return payload.values
-    indices = payload.indices
-    if indices.shape != payload.values.shape or indices.dim() != 1:
-        raise ValueError("sparse delta needs 1-D indices and values of the same length")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel):
-        raise ValueError(f"sparse delta index out of range for {numel} parameters")
-    out = torch.zeros(numel, dtype=payload.values.dtype)
-    out[indices] = payload.values
-    return out
-
-
 def describe(update: Update) -> dict[str, Any]:
     """Scalar fields of an update, for ledgers and logs."""
     return {
@@ -135,6 +111,7 @@ def describe(update: Update) -> dict[str, Any]:
         "base_version": update.base_version,
         "examples": update.num_examples,
         "steps": update.local_steps,
-        "payload": type(update.payload).__name__,
+        "payload": "none" if update.payload is None else update.payload.kind,
+        "count": 0 if update.payload is None else update.payload.count,
         "bytes": update.nbytes,
     }

@@ -28,6 +28,9 @@ from fedcore.serialization import (
     encode_chunks,
 )
 
+#: What a named vector must be: its length and its dtype, or the dtypes it may have.
+Expected = tuple[int, torch.dtype | tuple[torch.dtype, ...]]
+
 
 def vector_frames(
     vectors: Mapping[str, torch.Tensor],
@@ -76,7 +79,7 @@ class VectorAssembler:
 
     def __init__(
         self,
-        expected: Mapping[str, tuple[int, torch.dtype]],
+        expected: Mapping[str, Expected],
         spool_dir: Path | None = None,
         spool_bytes: int = 0,
         into: Mapping[str, torch.Tensor] | None = None,
@@ -91,6 +94,7 @@ class VectorAssembler:
             for name, tensor in (into or {}).items()
             if name in self.expected and (tensor.numel(), tensor.dtype) == self.expected[name]
         }
+        self._dtypes: dict[str, torch.dtype] = {}
         self._spools: dict[str, _Spool] = {}
         self._filled: dict[str, int] = {}
 
@@ -101,11 +105,14 @@ class VectorAssembler:
             raise FrameError(f"{header.name}: {len(frame) - used} unexpected bytes after the frame")
         if header.name not in self.expected:
             raise FrameError(f"unexpected tensor {header.name!r}; expected {sorted(self.expected)}")
-        size, dtype = self.expected[header.name]
+        size, allowed = self.expected[header.name]
         if header.shape != (size,):
             raise FrameError(f"{header.name}: shape {header.shape}, expected ({size},)")
-        if header.torch_dtype != dtype:
-            raise FrameError(f"{header.name}: dtype {header.dtype}, expected {DTYPE_NAMES[dtype]}")
+        choices = allowed if isinstance(allowed, tuple) else (allowed,)
+        dtype = self._dtypes.setdefault(header.name, header.torch_dtype)
+        if header.torch_dtype not in choices or header.torch_dtype != dtype:
+            names = " or ".join(DTYPE_NAMES[d] for d in choices)
+            raise FrameError(f"{header.name}: dtype {header.dtype}, expected {names}")
         filled = self._filled.get(header.name, 0)
         if header.offset != filled:
             raise FrameError(

@@ -3,7 +3,10 @@
 Drivers (the simulation's virtual clock, the gRPC server's wall clock) call `start`,
 `client_idle`, `receive`, `task_lost` and `timer` one at a time; the coordinator validates,
 keeps the model versions clients still train on, records the ledger and offers the strategy
-its `StrategyContext`. Nothing here knows how bytes move.
+its `StrategyContext`. It also runs federated evaluation: published versions that are due go to
+a sample of clients as `evaluate` tasks in a lane of their own (a client's evaluation never makes
+it busy for the strategy), and the example-weighted results go to `evaluation_listeners`.
+Nothing here knows how bytes move.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from fedcore.clients.trainer import expected_payload
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update, describe
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, chunk_digests
@@ -30,10 +35,53 @@ class Driver(Protocol):
         """Current time in seconds."""
 
     def send(self, task: Task, model: GlobalModel) -> None:
-        """Deliver a task and the model it starts from to its client."""
+        """Deliver a task and the model it starts from to its client (an `evaluate` task too:
+        the driver answers it through `Coordinator.receive_evaluation`)."""
 
     def schedule(self, at: float, key: str) -> None:
         """Call `Coordinator.timer(key)` at time `at`."""
+
+
+@dataclass
+class FederatedEvaluation:
+    """Which published versions clients evaluate (every `every` versions and the last) and how
+    many clients each (`clients`, drawn from the candidates the driver offers)."""
+
+    every: int
+    clients: int
+    last: int
+    seed: int
+
+    def due(self, version: int) -> bool:
+        """Whether clients evaluate `version`."""
+        return self.clients > 0 and (version % self.every == 0 or version >= self.last)
+
+    def choose(self, version: int, candidates: list[int]) -> list[int]:
+        """Up to `clients` of the candidates, seeded by the version."""
+        if len(candidates) <= self.clients:
+            return sorted(candidates)
+        rng = np.random.default_rng([self.seed, 11, version])
+        return sorted(int(c) for c in rng.choice(candidates, size=self.clients, replace=False))
+
+
+@dataclass
+class EvaluationRound:
+    """The replies awaited for one version's federated evaluation, and their running sums."""
+
+    waiting: set[int]
+    examples: int = 0
+    loss_sum: float = 0.0
+    correct_sum: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Example-weighted loss and accuracy (empty when nobody replied)."""
+        if not self.examples:
+            return {}
+        return {
+            "fed_loss": self.loss_sum / self.examples,
+            "fed_accuracy": self.correct_sum / self.examples,
+            "fed_examples": float(self.examples),
+        }
 
 
 @dataclass
@@ -45,6 +93,8 @@ class Publication:
     info: dict[str, Any] = field(default_factory=dict)
     train_loss: float | None = None
     accepted: int = 0
+    #: Clients were asked to evaluate this version; `evaluation_listeners` hear the result.
+    evaluating: bool = False
 
 
 class Coordinator:
@@ -58,10 +108,13 @@ class Coordinator:
         driver: Driver,
         *,
         max_versions: int,
+        num_clients: int,
         ledger: Ledger | None = None,
         policy: ValidationPolicy | None = None,
         hash_models: bool = False,
         client_speed: Callable[[int], float | None] | None = None,
+        evaluation: FederatedEvaluation | None = None,
+        evaluation_candidates: Callable[[], list[int]] | None = None,
     ) -> None:
         self.strategy = strategy
         self._client_speed = client_speed
@@ -69,10 +122,17 @@ class Coordinator:
         self._model = initial
         self.driver = driver
         self.max_versions = max_versions
+        self._num_clients = num_clients
         self.ledger = ledger or Ledger()
         self.policy = policy or ValidationPolicy()
         self.hash_models = hash_models
         self.outstanding: dict[int, Task] = {}
+        self._expected: dict[int, str] = {}
+        self.evaluation = evaluation
+        self._evaluation_candidates = evaluation_candidates
+        self.evaluating: dict[int, Task] = {}
+        self._evaluation_rounds: dict[int, EvaluationRound] = {}
+        self.evaluation_listeners: list[Callable[[int, dict[str, float]], None]] = []
         self._idle: set[int] = set()
         self._snapshots: dict[int, tuple[GlobalModel, int]] = {}
         self._timers: dict[str, float] = {}
@@ -97,6 +157,11 @@ class Coordinator:
         """Parameter and buffer layouts."""
         return self._layout
 
+    @property
+    def num_clients(self) -> int:
+        """Clients in the federation."""
+        return self._num_clients
+
     def idle_clients(self) -> list[int]:
         """Idle clients in ascending id order."""
         return sorted(self._idle)
@@ -114,11 +179,10 @@ class Coordinator:
             raise RuntimeError(f"strategy dispatched to client {task.client_id}, which is not idle")
         if task.version != self._model.version:
             raise RuntimeError(f"task for version {task.version}, current is {self._model.version}")
+        self._expected[task.client_id] = expected_payload(task)
         self._idle.discard(task.client_id)
         self.outstanding[task.client_id] = task
-        model, refs = self._snapshots.get(task.version, (self._model, 0))
-        self._snapshots[task.version] = (model, refs + 1)
-        self.driver.send(task, model)
+        self.driver.send(task, self._hold(task.version))
 
     def set_timer(self, at: float, key: str) -> None:
         """Ask the driver for a timer; a later request for the same key replaces it."""
@@ -143,8 +207,12 @@ class Coordinator:
         )
         if model.version >= self.max_versions:
             self.finished = True
+        evaluators = self._evaluators(model.version)
+        publication.evaluating = bool(evaluators)
         for listener in self.listeners:
             listener(publication)
+        for client in evaluators:
+            self._send_evaluation(client)
         return model
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -182,11 +250,14 @@ class Coordinator:
             self.strategy.on_client_idle(client_id)
 
     def client_gone(self, client_id: int) -> None:
-        """A client left or stopped answering; its outstanding task is lost."""
+        """A client left or stopped answering; its outstanding task and evaluation are lost."""
         self._idle.discard(client_id)
         task = self.outstanding.get(client_id)
         if task is not None:
             self.task_lost(task)
+        evaluation = self.evaluating.get(client_id)
+        if evaluation is not None:
+            self.evaluation_lost(evaluation)
 
     def task_lost(self, task: Task) -> None:
         """An outstanding task will never return."""
@@ -198,18 +269,24 @@ class Coordinator:
         if not self.finished:
             self.strategy.on_task_lost(task)
 
-    def receive(self, update: Update) -> str | None:
-        """Validate and deliver an update; return None if accepted, else the refusal reason."""
-        task = self.outstanding.get(update.client_id)
+    def receive(self, update: Update, *, then_idle: bool = False) -> str | None:
+        """Validate and deliver an update; return None if accepted, else the refusal reason.
+
+        `then_idle` says the client is free again at once: it is then idle before the strategy
+        hears the update, so that work the update sets off (a round or a group closing) can
+        reassign it with everyone else, and `on_client_idle` follows only if it is still idle.
+        The driver must then not report it idle itself."""
+        client = update.client_id
+        task = self.outstanding.get(client)
         entry = describe(update)
         if task is None:
             reason = "no outstanding task for this client (duplicate or unsolicited update)"
             self.ledger.record("rejected", reason=reason, **entry)
             return reason
         try:
-            delta = validate(update, task, self._layout, self.policy)
+            validate(update, task, self._expected[client], self._layout, self.policy)
         except UpdateRejected as exc:
-            self._refuse(task, str(exc), entry)
+            self._refuse(task, str(exc), entry, then_idle)
             return str(exc)
         base, _ = self._snapshots[task.version]
         self._finish_task(task)
@@ -218,12 +295,47 @@ class Coordinator:
         if self.finished or (limit is not None and staleness > limit):
             reason = "training finished" if self.finished else f"stale by {staleness} versions"
             self.ledger.record("expired", reason=reason, **entry)
+            self._idle_after(client, then_idle)
             return reason
         self.ledger.record("accepted", staleness=staleness, **entry)
         if "train_loss" in update.metrics:
             self._losses.append(update.metrics["train_loss"])
-        self.strategy.on_update(Arrival(update, delta, base, staleness))
+        if then_idle:
+            self._idle.add(client)
+        self.strategy.on_update(Arrival(update, base, staleness))
+        if then_idle and client in self._idle and not self.finished:
+            self.strategy.on_client_idle(client)
         return None
+
+    def receive_evaluation(self, update: Update) -> str | None:
+        """Validate an evaluation reply and count it for its version; return None if accepted,
+        else the refusal reason (recorded in the ledger)."""
+        task = self.evaluating.get(update.client_id)
+        entry = describe(update)
+        if task is None:
+            reason = "no outstanding evaluation for this client (duplicate or unsolicited)"
+            self.ledger.record("rejected", reason=reason, **entry)
+            return reason
+        self._finish_evaluation(task)
+        try:
+            validate(update, task, "none", self._layout, self.policy)
+        except UpdateRejected as exc:
+            self.ledger.record("rejected", reason=str(exc), **entry)
+            self._evaluation_returned(task, None)
+            return str(exc)
+        self.ledger.record("evaluated", **entry, **update.metrics)
+        self._evaluation_returned(task, update)
+        return None
+
+    def evaluation_lost(self, task: Task) -> None:
+        """An outstanding evaluation will never return."""
+        if self.evaluating.get(task.client_id) is task:
+            self._finish_evaluation(task)
+            self._evaluation_returned(task, None)
+
+    def pending_evaluations(self) -> int:
+        """Versions whose federated evaluation still awaits replies."""
+        return len(self._evaluation_rounds)
 
     def refuse(self, task: Task, reason: str) -> None:
         """An upload for `task` was unusable before it could become an Update (e.g. malformed)."""
@@ -237,16 +349,72 @@ class Coordinator:
             self.strategy.on_timer(key)
 
     # -- internals ---------------------------------------------------------------------------
-    def _refuse(self, task: Task, reason: str, entry: dict[str, Any]) -> None:
+    def _refuse(
+        self, task: Task, reason: str, entry: dict[str, Any], then_idle: bool = False
+    ) -> None:
         """Record the refusal; the task is over, so the strategy need not wait for it."""
         self._finish_task(task)
         self.ledger.record("rejected", reason=reason, **entry)
         if not self.finished:
             self.strategy.on_task_lost(task)
+        self._idle_after(task.client_id, then_idle)
+
+    def _idle_after(self, client: int, then_idle: bool) -> None:
+        """The client of a finished task is idle again, when the driver said it would be."""
+        if then_idle:
+            self.client_idle(client)
 
     def _finish_task(self, task: Task) -> None:
         del self.outstanding[task.client_id]
+        del self._expected[task.client_id]
         self._release(task.version)
+
+    def _hold(self, version: int) -> GlobalModel:
+        """The model of `version` (the current one), kept until every task on it is over."""
+        model, refs = self._snapshots.get(version, (self._model, 0))
+        self._snapshots[version] = (model, refs + 1)
+        return model
+
+    def _evaluators(self, version: int) -> list[int]:
+        """The clients asked to evaluate a version just published (none when not due); an
+        evaluation still outstanding at one of them is superseded."""
+        if self.evaluation is None or not self.evaluation.due(version):
+            return []
+        candidates = self._evaluation_candidates() if self._evaluation_candidates else []
+        chosen = self.evaluation.choose(version, candidates)
+        for client in chosen:
+            earlier = self.evaluating.get(client)
+            if earlier is not None:
+                self.evaluation_lost(earlier)
+        if chosen:
+            self._evaluation_rounds[version] = EvaluationRound(set(chosen))
+        return chosen
+
+    def _send_evaluation(self, client: int) -> None:
+        version = self._model.version
+        task = Task(client_id=client, version=version, technique="evaluate", seed=version)
+        self.evaluating[client] = task
+        self.driver.send(task, self._hold(version))
+
+    def _finish_evaluation(self, task: Task) -> None:
+        del self.evaluating[task.client_id]
+        self._release(task.version)
+
+    def _evaluation_returned(self, task: Task, update: Update | None) -> None:
+        """Count a reply (None: lost or refused); the last one awaited reports the version."""
+        rounds = self._evaluation_rounds.get(task.version)
+        if rounds is None:
+            return
+        rounds.waiting.discard(task.client_id)
+        if update is not None:
+            examples = update.num_examples
+            rounds.examples += examples
+            rounds.loss_sum += update.metrics["eval_loss"] * examples
+            rounds.correct_sum += update.metrics["eval_accuracy"] * examples
+        if not rounds.waiting:
+            del self._evaluation_rounds[task.version]
+            for listener in self.evaluation_listeners:
+                listener(task.version, rounds.metrics())
 
     def _release(self, version: int) -> None:
         model, refs = self._snapshots[version]

@@ -1,4 +1,5 @@
-"""Evaluating a global model: centrally on the test set, and federated on clients' hold-outs."""
+"""Evaluating a global model centrally on the test set (clients evaluate their own hold-outs:
+`clients/techniques/evaluate.py`), and which simulated clients take part in federated evaluation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fedcore.config import EvaluationConfig
 from fedcore.data.split import Split
 from fedcore.federation import Federation
 from fedcore.params import ModelLayout
+from fedcore.scoring import score
 from fedcore.strategies.base import GlobalModel
 
 
@@ -32,56 +34,41 @@ class Scorer:
         self.layout = layout
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(
         self, params: torch.Tensor, buffers: torch.Tensor, data: Split
     ) -> dict[str, float]:
         """Loss, accuracy and example count of (params, buffers) on `data`, on params' device."""
         tensors = {**self.layout.params.unflatten(params), **self.layout.buffers.unflatten(buffers)}
-        device = params.device
-        total_loss = torch.zeros((), dtype=torch.float64)
-        correct = 0
-        order = torch.arange(len(data))
-        for start in range(0, len(data), self.batch_size):
-            x, y = data.batch(order[start : start + self.batch_size])
-            logits = functional_call(self.module, tensors, (x.to(device),))
-            y = y.to(device)
-            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
-            correct += int((logits.argmax(dim=1) == y).sum())
-        count = max(1, len(data))
-        return {
-            "loss": float(total_loss) / count,
-            "accuracy": correct / count,
-            "examples": len(data),
-        }
+        return score(
+            lambda x: functional_call(self.module, tensors, (x,)),
+            data,
+            params.device,
+            self.batch_size,
+        )
 
 
 class Evaluator:
-    """Central test metrics plus example-weighted metrics over a fixed sample of client hold-outs."""
+    """Central test metrics of a global model, on the whole test set or a fixed sample of it."""
 
-    def __init__(
-        self, score: Scorer, federation: Federation, config: EvaluationConfig, seed: int
-    ) -> None:
+    def __init__(self, score: Scorer, test: Split, config: EvaluationConfig, seed: int) -> None:
         self.score = score
-        test = federation.dataset.test
-        rng = np.random.default_rng([seed, 7])
         if config.test_examples and config.test_examples < len(test):
+            rng = np.random.default_rng([seed, 7])
             keep = np.sort(rng.choice(len(test), size=config.test_examples, replace=False))
             test = test.subset(torch.from_numpy(keep))
         self.test = test
-        with_holdout = [c for c, part in enumerate(federation.holdout_parts) if len(part)]
-        count = min(config.federated_clients, len(with_holdout))
-        chosen = rng.choice(np.asarray(with_holdout, dtype=np.int64), size=count, replace=False)
-        self.holdouts = [federation.holdout_split(int(c)) for c in np.sort(chosen)]
 
     def __call__(self, model: GlobalModel) -> dict[str, float]:
-        """Metrics of `model`: test_loss, test_accuracy, fed_loss, fed_accuracy."""
-        metrics = {}
+        """Metrics of `model`: test_loss, test_accuracy."""
         central = self.score(model.params, model.buffers, self.test)
-        metrics["test_loss"], metrics["test_accuracy"] = central["loss"], central["accuracy"]
-        if self.holdouts:
-            results = [self.score(model.params, model.buffers, h) for h in self.holdouts]
-            total = sum(r["examples"] for r in results)
-            metrics["fed_loss"] = sum(r["loss"] * r["examples"] for r in results) / total
-            metrics["fed_accuracy"] = sum(r["accuracy"] * r["examples"] for r in results) / total
-        return metrics
+        return {"test_loss": central["loss"], "test_accuracy": central["accuracy"]}
+
+
+def evaluation_sample(federation: Federation, config: EvaluationConfig, seed: int) -> list[int]:
+    """The fixed, seeded sample of `federated_clients` simulated clients with a hold-out that
+    evaluate every due version (a fixed sample keeps the federated curve comparable)."""
+    with_holdout = [c for c, part in enumerate(federation.holdout_parts) if len(part)]
+    count = min(config.federated_clients, len(with_holdout))
+    rng = np.random.default_rng([seed, 8])
+    chosen = rng.choice(np.asarray(with_holdout, dtype=np.int64), size=count, replace=False)
+    return sorted(int(c) for c in chosen)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedcore.clients.plugins import load_plugins
 from fedcore.config import ExperimentConfig
 from fedcore.federation import Federation, make_federation, model_builder, server_data
 from fedcore.params import ModelLayout, module_vectors
@@ -21,12 +22,14 @@ from fedcore.typed_config import ConfigError, build
 
 
 def parse_experiment(data: dict[str, Any]) -> tuple[ExperimentConfig, Any]:
-    """Validate a composed config; return it with the strategy's typed options.
+    """Validate a composed config (after importing its plug-ins); return it with the
+    strategy's typed options.
 
     `clients_per_round` and `training` are set once at the top level and handed to the
     strategy's options, so a sweep over strategies keeps them fixed.
     """
     experiment = build(ExperimentConfig, data)
+    load_plugins(experiment.plugins)
     options = dict(experiment.strategy)
     name = options.pop("name", None)
     if name not in STRATEGIES:

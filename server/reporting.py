@@ -41,7 +41,7 @@ class RunReport:
         self.experiment = experiment
         self.evaluator = Evaluator(
             Scorer(experiment.build_model, experiment.layout),
-            experiment.federation,
+            experiment.federation.dataset.test,
             config.evaluation,
             config.seed,
         )
@@ -54,6 +54,8 @@ class RunReport:
         self.progress = ProgressDisplay(config.rounds, self.title, config.output.progress)
         self.traffic = traffic
         self.rows: list[dict[str, Any]] = list(self.run_dir.rows) if self.run_dir else []
+        #: Rows not yet written, in version order: (row, whether clients are still evaluating).
+        self._pending: list[tuple[dict[str, Any], bool]] = []
 
     def __enter__(self) -> RunReport:
         self.progress.__enter__()
@@ -68,7 +70,8 @@ class RunReport:
         self.progress.__exit__(kind, error, trace)
 
     def record(self, publication: Publication) -> None:
-        """Evaluate and log a publication when it is due."""
+        """Evaluate and log a publication when it is due; a row whose federated evaluation is
+        still running is written when `federated` completes it."""
         version = publication.model.version
         last = version >= self.experiment.config.rounds
         if version % self.experiment.config.evaluation.every and not last:
@@ -84,13 +87,30 @@ class RunReport:
             "bytes_up": up,
             **self.evaluator(publication.model),
         }
-        self.rows.append(row)
-        if self.run_dir is not None:
-            self.run_dir.append(row)
-        self.progress.update(row)
+        self._pending.append((row, publication.evaluating))
+        self._flush()
+
+    def federated(self, version: int, metrics: dict[str, float]) -> None:
+        """The clients' example-weighted evaluation of `version` (a coordinator listener)."""
+        self._pending = [
+            ({**row, **metrics}, False) if row["version"] == version else (row, waiting)
+            for row, waiting in self._pending
+        ]
+        self._flush()
+
+    def _flush(self, everything: bool = False) -> None:
+        """Write the leading rows that are complete (all of them with `everything`)."""
+        while self._pending and (everything or not self._pending[0][1]):
+            row, _ = self._pending.pop(0)
+            self.rows.append(row)
+            if self.run_dir is not None:
+                self.run_dir.append(row)
+            self.progress.update(row)
 
     def finish(self, final: GlobalModel, ledger: Ledger, **details: Any) -> dict[str, Any]:
-        """Write the run directory's closing artefacts and return the summary."""
+        """Write the run directory's closing artefacts and return the summary (rows whose
+        federated evaluation never completed are written without it)."""
+        self._flush(everything=True)
         down, up = self.traffic()
         summary = {
             **details,

@@ -1,10 +1,14 @@
 """Discrete-event simulation: virtual clients on a virtual clock, driving the real coordinator.
 
-A dispatched task completes at now + download + steps x seconds-per-step + upload, from the
-client's device profile (seconds-per-step as of dispatch, after any scheduled slowdown; a
-client in a scheduled outage becomes idle only when it ends). Local training really runs, in-process when the completion event is
-reached or ahead of time in a `spawn` worker pool, and its update is delivered at that virtual
-time. Clients exist only as ids until they train, so memory follows the clients in flight.
+A dispatched task finishes its local work at now + download + passes x seconds-per-step, from
+the client's device profile (seconds-per-step as of dispatch, after any scheduled slowdown), and
+arrives after uploading the bytes its payload really has; the download charges the bytes really
+sent (nothing for a version the client already holds, a masked sub-model's mask and values). A
+client in a scheduled outage becomes idle only when it ends. Local work really runs, in-process
+when its work-done event is reached or ahead of time in a `spawn` worker pool. Federated
+evaluation tasks run at once, beside training: they charge neither time nor bytes, so turning
+evaluation up or down never changes a run's training. Clients exist only
+as ids until they train, so memory follows the clients in flight.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ from typing import Any
 
 import torch
 
+from fedcore.clients.techniques import technique_type
+from fedcore.clients.trainer import LocalTrainer
+from fedcore.data.split import Split
 from fedcore.federation import make_federation, model_builder
 from fedcore.profiles import ProfileSampler
-from fedcore.records import Task, Update
-from fedcore.server.coordinator import Coordinator, Publication
+from fedcore.records import MASK, Task, Update
+from fedcore.server.coordinator import Coordinator, FederatedEvaluation, Publication
+from fedcore.server.evaluation import evaluation_sample
 from fedcore.server.experiment import (
     Experiment,
     make_experiment,
@@ -33,7 +41,6 @@ from fedcore.server.experiment import (
 from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
-from fedcore.training import LocalTrainer, planned_passes
 
 
 class EventKind(IntEnum):
@@ -44,6 +51,7 @@ class EventKind(IntEnum):
     LOST = 2
     IDLE = 3
     OUTAGE = 4
+    WORKED = 5
 
 
 @dataclass(order=True)
@@ -64,6 +72,7 @@ class InFlight:
     task: Task
     model: GlobalModel
     result: Future[Update] | None = None
+    update: Update | None = None
 
 
 @dataclass
@@ -88,16 +97,23 @@ class Simulation:
         self.federation = experiment.federation
         self.profiles = ProfileSampler(config.client_profiles, config.seed)
         self.trainer = LocalTrainer(experiment.build_model)
+        evaluation = config.evaluation
+        sample = evaluation_sample(self.federation, evaluation, config.seed)
         self.coordinator = Coordinator(
             experiment.strategy,
             experiment.layout,
             experiment.initial_model(),
             self,
             max_versions=config.rounds,
+            num_clients=config.num_clients,
             ledger=ledger,
             policy=config.validation,
             hash_models=config.simulation.hash_models,
             client_speed=lambda client: self.profiles.profile(client).step_seconds,
+            evaluation=FederatedEvaluation(
+                evaluation.every, evaluation.federated_clients, config.rounds, config.seed
+            ),
+            evaluation_candidates=lambda: sample,
         )
         self._clock = 0.0
         self._events: list[Event] = []
@@ -111,9 +127,10 @@ class Simulation:
                 initializer=_init_worker,
                 initargs=(config_data,),
             )
-        self.model_bytes = experiment.layout.params.nbytes + experiment.layout.buffers.nbytes
         self.bytes_down = 0
         self.bytes_up = 0
+        #: The model version each client last received in full (it need not get it again).
+        self.held: dict[int, int] = {}
 
     # -- Driver ------------------------------------------------------------------------------
     def now(self) -> float:
@@ -121,24 +138,57 @@ class Simulation:
         return self._clock
 
     def send(self, task: Task, model: GlobalModel) -> None:
-        """Schedule the task's completion (or its client's dropout) from the device profile."""
+        """Schedule the task's work-done event (or its client's dropout) from the device
+        profile; an evaluation runs at once."""
         client = task.client_id
+        if technique_type(task.technique).data == "holdout":
+            update = self.trainer.run(task, *self._model_for(task, model), self._data(task))
+            self.coordinator.receive_evaluation(update)
+            return
+        sent = self._download_bytes(task, model)
+        self.bytes_down += sent
         profile = self.profiles.profile(client)
-        passes = planned_passes(task, len(self.federation.train_parts[client]))
-        extras = sum(t.numel() * t.element_size() for t in task.extras.values())
-        download = profile.transfer_seconds(self.model_bytes + extras)
+        passes = self.trainer.passes(task, len(self.federation.train_parts[client]))
+        download = profile.transfer_seconds(sent)
         compute = passes * self.profiles.step_seconds(client, self._clock)
-        self.bytes_down += self.model_bytes + extras
         if self.profiles.drops_out(client, task.seed):
             self._in_flight[client] = InFlight(task, model)
             self._push(self._clock + download + compute / 2, EventKind.LOST, client)
             return
         flight = InFlight(task, model)
         if self._pool is not None:
-            flight.result = self._pool.submit(_train_in_worker, task, model.params, model.buffers)
+            params, buffers = self._model_for(task, model)
+            flight.result = self._pool.submit(_train_in_worker, task, params, buffers)
         self._in_flight[client] = flight
-        upload = profile.transfer_seconds(self.model_bytes)
-        self._push(self._clock + download + compute + upload, EventKind.ARRIVAL, client)
+        self._push(self._clock + download + compute, EventKind.WORKED, client)
+
+    def _download_bytes(self, task: Task, model: GlobalModel) -> int:
+        """Bytes a task's download sends: its extras, and the model unless the client holds
+        that version (a masked download: the mask's bits and the kept values)."""
+        layout = self.experiment.layout
+        extras = sum(t.numel() * t.element_size() for n, t in task.extras.items() if n != MASK)
+        if task.download == "none" or self.held.get(task.client_id) == task.version:
+            return extras
+        if task.download == "masked":
+            kept = int(task.extras[MASK].sum())
+            mask_bytes = (layout.params.numel + 7) // 8
+            return extras + mask_bytes + kept * model.params.element_size() + layout.buffers.nbytes
+        self.held[task.client_id] = task.version
+        return extras + layout.params.nbytes + layout.buffers.nbytes
+
+    @staticmethod
+    def _model_for(task: Task, model: GlobalModel) -> tuple[torch.Tensor, torch.Tensor]:
+        """The starting model as the client receives it (zero outside a masked download's mask)."""
+        if task.download == "masked":
+            return model.params * task.extras[MASK], model.buffers
+        return model.params, model.buffers
+
+    def _data(self, task: Task) -> Split:
+        """The client data the task's technique works on."""
+        client = task.client_id
+        if technique_type(task.technique).data == "holdout":
+            return self.federation.holdout_split(client)
+        return self.federation.train_split(client)
 
     def schedule(self, at: float, key: str) -> None:
         """A timer event at virtual time `at`."""
@@ -183,16 +233,23 @@ class Simulation:
         coordinator = self.coordinator
         if event.kind is EventKind.TIMER:
             coordinator.timer(event.key)
+        elif event.kind is EventKind.WORKED:
+            flight = self._in_flight[event.client]
+            flight.update = self._train(flight)
+            upload = self.profiles.profile(event.client).transfer_seconds(flight.update.nbytes)
+            self._push(self._clock + upload, EventKind.ARRIVAL, event.client)
         elif event.kind is EventKind.ARRIVAL:
             flight = self._in_flight.pop(event.client)
-            update = self._train(flight)
-            self.bytes_up += update.nbytes
-            coordinator.receive(update)
-            self._return_later(event.client, flight.task.seed)
+            assert flight.update is not None
+            self.bytes_up += flight.update.nbytes
+            back = self._back_after(event.client, flight.task.seed)
+            coordinator.receive(flight.update, then_idle=back <= self._clock)
+            if back > self._clock:
+                self._push(back, EventKind.IDLE, event.client)
         elif event.kind is EventKind.LOST:
             flight = self._in_flight.pop(event.client)
             coordinator.task_lost(flight.task)
-            self._return_later(event.client, flight.task.seed, rejoin=True)
+            self._return_later(event.client, flight.task.seed)
         elif event.kind is EventKind.OUTAGE:
             self._begin_outage()
         else:
@@ -217,12 +274,17 @@ class Simulation:
     def _train(self, flight: InFlight) -> Update:
         if flight.result is not None:
             return flight.result.result()
-        data = self.federation.train_split(flight.task.client_id)
-        return self.trainer.train(flight.task, flight.model.params, flight.model.buffers, data)
+        task = flight.task
+        return self.trainer.run(task, *self._model_for(task, flight.model), self._data(task))
 
-    def _return_later(self, client: int, task_seed: int, rejoin: bool = False) -> None:
+    def _back_after(self, client: int, task_seed: int, rejoin: bool = False) -> float:
+        """When a client that just finished (or lost) a task is available again."""
         delay = self.profiles.offline_after(client, task_seed, forced=rejoin)
-        back = self.profiles.offline_until(client, self._clock + delay)
+        return self.profiles.offline_until(client, self._clock + delay)
+
+    def _return_later(self, client: int, task_seed: int) -> None:
+        """A client whose task was lost rejoins after its forced offline time."""
+        back = self._back_after(client, task_seed, rejoin=True)
         if back > self._clock:
             self._push(back, EventKind.IDLE, client)
         else:
@@ -236,7 +298,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(config_data: dict[str, Any]) -> None:
-    """Per worker process: load the federation and one trainer (single-threaded torch)."""
+    """Per worker process: load the federation and one trainer (single-threaded torch); the
+    config's plug-ins are imported by `parse_experiment`."""
     torch.set_num_threads(1)
     config, _ = parse_experiment(config_data)
     federation = make_federation(config)
@@ -248,7 +311,7 @@ def _train_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) ->
     """Train one task in a worker process."""
     data = _WORKER["federation"].train_split(task.client_id)
     trainer: LocalTrainer = _WORKER["trainer"]
-    return trainer.train(task, params, buffers, data)
+    return trainer.run(task, params, buffers, data)
 
 
 def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, Any]:
@@ -262,6 +325,7 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
         run_path,
         lambda: (simulation.bytes_down, simulation.bytes_up),
     )
+    simulation.coordinator.evaluation_listeners.append(report.federated)
     with report:
         result = simulation.run(report.record)
     return report.finish(

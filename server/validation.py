@@ -1,31 +1,29 @@
-"""Checks every update must pass before it can touch the model."""
+"""Checks every update must pass before it can touch the model, per payload kind."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from fedcore.config import ValidationPolicy
 from fedcore.params import ModelLayout
-from fedcore.records import Task, Update, dense_delta
+from fedcore.payloads import SEED_POOL, PayloadError, SeedDelta, all_finite, check_payload
+from fedcore.records import Task, Update
+
+#: Bounds on what an evaluation reply may claim.
+EVALUATION_METRICS = ("eval_loss", "eval_accuracy")
 
 
 class UpdateRejected(ValueError):
     """An update failed validation; the message names the reason."""
 
 
-def all_finite(vector: torch.Tensor) -> bool:
-    """No NaN or Inf: checked through min and max (a NaN or an infinity shows up in one of
-    them), several times faster than materialising isfinite() over the whole vector."""
-    if vector.numel() == 0:
-        return True
-    low, high = torch.aminmax(vector)
-    return bool(torch.isfinite(low) & torch.isfinite(high))
-
-
 def validate(
-    update: Update, task: Task, layout: ModelLayout, policy: ValidationPolicy
-) -> torch.Tensor:
-    """The update's dense delta if it is sound for `task`, else UpdateRejected naming why."""
+    update: Update, task: Task, expected: str, layout: ModelLayout, policy: ValidationPolicy
+) -> None:
+    """UpdateRejected naming why, unless `update` is sound for `task`, whose upload must carry
+    a payload of kind `expected`."""
     if update.base_version != task.version:
         raise UpdateRejected(
             f"update is based on version {update.base_version}, the task gave version {task.version}"
@@ -34,21 +32,39 @@ def validate(
         raise UpdateRejected(
             f"claimed example count {update.num_examples} outside (0, {policy.max_examples}]"
         )
-    try:
-        delta = dense_delta(update.payload, layout.params.numel)
-    except ValueError as exc:
-        raise UpdateRejected(f"payload does not fit the model: {exc}") from None
-    if delta.dtype != layout.params.dtype:
-        raise UpdateRejected(f"delta dtype {delta.dtype}, model dtype {layout.params.dtype}")
-    if not all_finite(delta):
-        raise UpdateRejected("delta contains NaN or Inf")
-    if policy.max_delta_norm and float(delta.norm()) > policy.max_delta_norm:
-        raise UpdateRejected(
-            f"delta norm {float(delta.norm()):.4g} above bound {policy.max_delta_norm}"
-        )
+    payload = update.payload
+    kind = "none" if payload is None else payload.kind
+    if kind != expected:
+        raise UpdateRejected(f"payload type {kind}, the task asked for {expected}")
+    if payload is not None:
+        try:
+            check_payload(
+                payload,
+                layout.params.numel,
+                layout.params.dtype,
+                seed_pool=int(task.hyper.get(SEED_POOL, 0)),
+                max_count=task.local_steps,
+            )
+        except PayloadError as error:
+            raise UpdateRejected(str(error)) from None
+        if policy.max_delta_norm and not isinstance(payload, SeedDelta):
+            norm = float(torch.linalg.vector_norm(payload.values))
+            if norm > policy.max_delta_norm:
+                raise UpdateRejected(f"delta norm {norm:.4g} above bound {policy.max_delta_norm}")
     buffers = update.buffers
     if buffers is not None and (
         buffers.shape != (layout.buffers.numel,) or not all_finite(buffers)
     ):
         raise UpdateRejected(f"buffers must be {layout.buffers.numel} finite values")
-    return delta
+    if expected == "none":
+        check_evaluation(update)
+
+
+def check_evaluation(update: Update) -> None:
+    """An evaluation reply carries a finite loss >= 0 and an accuracy in [0, 1]."""
+    metrics = update.metrics
+    for key in EVALUATION_METRICS:
+        if key not in metrics or not math.isfinite(metrics[key]):
+            raise UpdateRejected(f"evaluation reply needs a finite {key}")
+    if metrics["eval_loss"] < 0 or not 0 <= metrics["eval_accuracy"] <= 1:
+        raise UpdateRejected("evaluation reply: loss must be >= 0 and accuracy in [0, 1]")

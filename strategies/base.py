@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,7 +20,9 @@ import torch
 from torch import nn
 
 from fedcore.data.split import Split
+from fedcore.kernels import StreamingAccumulator
 from fedcore.params import ModelLayout
+from fedcore.payloads import SparseDelta
 from fedcore.records import Task, Update
 
 
@@ -53,12 +56,33 @@ class ServerResources:
 
 @dataclass(frozen=True)
 class Arrival:
-    """An update that passed validation, with the model it started from and its staleness."""
+    """An update that passed validation, with the model it started from and its staleness.
+
+    Strategies get the payload as it came (`update.payload`: dense, sparse or seeds); `delta`
+    is its dense form, made on first use, for strategies that need one."""
 
     update: Update
-    delta: torch.Tensor
     base: GlobalModel
     staleness: int
+
+    @cached_property
+    def delta(self) -> torch.Tensor:
+        """The payload as a dense delta over the model's parameters."""
+        payload = self.update.payload
+        if payload is None:
+            raise ValueError(f"the update of client {self.update.client_id} carries no payload")
+        return payload.dense(self.base.params.numel())
+
+    def fold_into(self, accumulator: StreamingAccumulator, weight: float) -> None:
+        """Add `weight` x the delta to a running sum, reading a sparse payload only where it is
+        non-zero (the same bits as folding its dense form)."""
+        payload = self.update.payload
+        if isinstance(payload, SparseDelta):
+            accumulator.add_sparse(
+                payload.positions(self.base.params.numel()), payload.values, weight
+            )
+        else:
+            accumulator.add(self.delta, weight)
 
 
 class StrategyContext(Protocol):
@@ -75,6 +99,10 @@ class StrategyContext(Protocol):
     @property
     def layout(self) -> ModelLayout:
         """Layout of the model's parameter and buffer vectors."""
+
+    @property
+    def num_clients(self) -> int:
+        """Clients in the federation (simulated, or enrolled)."""
 
     def idle_clients(self) -> list[int]:
         """Connected clients with no outstanding task, in ascending id order."""

@@ -2,8 +2,8 @@
 
 Each sampled client is an anchor or a miner. Anchors upload a large-batch gradient g_i at the
 global model, which replaces their stored one; miners run K recursive variance-reduced steps
-from v^t, the mean of the stored anchor gradients, and the server moves the model by
-`server_lr` times the mean of the miners' deltas. A round with no miner republishes the model
+from v^t, the mean of the stored anchor gradients, and the server moves the model along the
+mean of the miners' deltas through its server step (plain, lr 1, by default). A round with no miner republishes the model
 unchanged. Differences from the reference code (algorithms.md §3.7) are deliberate: anchors draw
 their large batch at random, `anchor_probability` 1 makes every client an anchor, and no
 all-client initial round is needed unless `init_round` asks for one.
@@ -13,7 +13,7 @@ Gradient store (`gradient_store`), with P parameters and N clients:
 - `server`: the server keeps every client's last g_j (N * P * 4 bytes; 40 MB for 100 clients of
   a 100k-parameter model) and a float64 running sum S (8 P bytes), so v^t = S / count costs O(P).
 - `client`: each client keeps its own last g_j (at most 2 * P * 4 bytes on the client, see
-  `fedcore.variance_reduced.AnchorMemory`) and uploads g_new - g_old; the server keeps only S and
+  `clients/techniques/fedamd.py`) and uploads g_new - g_old; the server keeps only S and
   the model version each contributor's counted gradient came from (8 P bytes + O(N) integers).
   A deployed client holds its store in memory, so it must not restart mid-run; a simulation
   needs `simulation.workers: 0` (one process plays every client).
@@ -32,11 +32,10 @@ from typing import Any, Literal
 
 import torch
 
-from fedcore.records import Task, WorkKind
+from fedcore.records import Task
 from fedcore.strategies.base import Arrival
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.typed_config import require
-from fedcore.variance_reduced import ANCHOR_BASE, ANCHOR_BATCH, DIRECTION
 
 InitPhase = Literal["pending", "running", "done"]
 
@@ -49,7 +48,6 @@ class FedAMDConfig(FedAvgConfig):
     anchor_probability: float = 0.2
     anchor_period: int = 0
     anchor_batch: int = 0
-    server_lr: float = 1.0
     gradient_store: Literal["server", "client"] = "server"
     init_round: bool = False
 
@@ -73,7 +71,6 @@ class FedAMDConfig(FedAvgConfig):
             "must be >= 0 (0: whole local set)",
             self.anchor_batch,
         )
-        require(self.server_lr > 0, "server_lr", "must be > 0", self.server_lr)
 
 
 class FedAMD(FedAvg):
@@ -87,10 +84,10 @@ class FedAMD(FedAvg):
     """
 
     name = "fedamd"
+    config: FedAMDConfig
 
     def __init__(self, config: FedAMDConfig, seed: int) -> None:
         super().__init__(config, seed)
-        self.amd = config
         self.grad_sum: torch.Tensor | None = None
         self.stored: dict[int, torch.Tensor] = {}
         self.counted: dict[int, int] = {}
@@ -161,9 +158,9 @@ class FedAMD(FedAvg):
         direction = self.direction()
         return replace(
             task,
-            kind=WorkKind.MINER,
+            technique="miner",
             hyper={**task.hyper, "momentum": 0.0},
-            extras={} if direction is None else {DIRECTION: direction},
+            extras={} if direction is None else {"direction": direction},
         )
 
     def absorb(self, arrival: Arrival) -> None:
@@ -175,7 +172,7 @@ class FedAMD(FedAvg):
             super().absorb(arrival)
 
     def aggregate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """x + server_lr * mean miner delta; with no miner, the model unchanged."""
+        """The server step along the mean miner delta; with no miner, the model unchanged."""
         if self._deltas is None or self._deltas.count == 0:
             model = self.ctx.model
             return model.params, model.buffers
@@ -185,10 +182,6 @@ class FedAMD(FedAvg):
         """How the closing round split into anchors and miners."""
         miners = 0 if self._deltas is None else self._deltas.count
         return {"anchors": len(self.anchors), "miners": miners}
-
-    def server_step(self, params: torch.Tensor, mean_delta: torch.Tensor) -> torch.Tensor:
-        """x^{t+1} = x^t + server_lr * mean over miners of (x_{i,K} - x^t)."""
-        return params + self.amd.server_lr * mean_delta
 
     def direction(self) -> torch.Tensor | None:
         """v^t: the mean stored anchor gradient as this round opened (None if none is stored).
@@ -204,9 +197,9 @@ class FedAMD(FedAvg):
     def _is_anchor(self) -> bool:
         """The anchor rule for the next cohort member (draws from the sampler only for 0 < p < 1,
         so with p = 0 the task seeds are those FedAvg would draw)."""
-        if self.amd.anchor_period:
-            return (self.round - 1) % self.amd.anchor_period == 0
-        p = self.amd.anchor_probability
+        if self.config.anchor_period:
+            return (self.round - 1) % self.config.anchor_period == 0
+        p = self.config.anchor_probability
         if p <= 0 or p >= 1:
             return p >= 1
         return bool(self.rng.random() < p)
@@ -215,17 +208,17 @@ class FedAMD(FedAvg):
         """Large-batch gradient at the current model. Its `local_steps`/`epochs` express the work
         in minibatches, so the simulated clock charges an anchor for its whole batch."""
         task = self.config.training.task(client_id, self.ctx.model.version, self.rng, deadline)
-        training, batch = self.config.training, self.amd.anchor_batch
+        training, batch = self.config.training, self.config.anchor_batch
         hyper = {
             "batch_size": float(training.batch_size),
             "weight_decay": training.weight_decay,
-            ANCHOR_BATCH: float(batch),
-            "epochs": 0.0 if batch else 1.0,
+            "anchor_batch": float(batch),
         }
-        if self.amd.gradient_store == "client":
-            hyper[ANCHOR_BASE] = float(self.counted.get(client_id, -1))
+        if self.config.gradient_store == "client":
+            hyper["client_store"] = 1.0
+            hyper["anchor_base"] = float(self.counted.get(client_id, -1))
         steps = math.ceil(batch / training.batch_size) if batch else 1
-        return replace(task, kind=WorkKind.ANCHOR, local_steps=steps, hyper=hyper)
+        return replace(task, technique="anchor", local_steps=steps, hyper=hyper)
 
     def _store(self, client: int, gradient: torch.Tensor, version: int) -> None:
         """Fold an anchor upload into S: a gradient replacing the stored one (server store), or
@@ -233,7 +226,7 @@ class FedAMD(FedAvg):
         if self.grad_sum is None:
             self.grad_sum = torch.zeros(gradient.numel(), dtype=torch.float64)
         self.grad_sum.add_(gradient)
-        if self.amd.gradient_store == "server":
+        if self.config.gradient_store == "server":
             old = self.stored.get(client)
             if old is not None:
                 self.grad_sum.sub_(old)

@@ -1,20 +1,22 @@
 """FedBuff (Nguyen et al., AISTATS 2022): asynchronous training with buffered aggregation.
 
 `clients_per_round` clients train concurrently (slots filled as in FedAsync); each arriving delta
-is folded into a buffer with weight s(tau), and every `buffer_size` arrivals the server steps
-w <- w + alpha * (1/K) * sum_k s(tau_k) delta_k and publishes. The model changes only at a flush,
+is folded into a buffer with weight s(tau), and every `buffer_size` arrivals the server applies
+Delta = alpha * (1/K) * sum_k s(tau_k) delta_k through its server step (`server_step.py`; plain:
+w <- w + Delta) and publishes. The model changes only at a flush,
 so an update's staleness at arrival is its staleness at aggregation. Buffers (e.g. batch-norm
 statistics) become the s-weighted mean of the buffered clients'.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedcore.kernels import StreamingAccumulator
 from fedcore.strategies.base import Arrival
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
+from fedcore.strategies.server_step import ServerStep, ServerStepConfig
 from fedcore.strategies.staleness import staleness_weight
 from fedcore.typed_config import require
 
@@ -26,6 +28,7 @@ class FedBuffConfig(FedAsyncConfig):
 
     alpha: float = 1.0
     buffer_size: int = 4
+    server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,6 +43,7 @@ class FedBuff(FedAsync):
     def __init__(self, config: FedBuffConfig, seed: int) -> None:
         super().__init__(config, seed)
         self.buffer_size = config.buffer_size
+        self.step = ServerStep(config.server_step)
         self._deltas: StreamingAccumulator | None = None
         self._buffers: StreamingAccumulator | None = None
 
@@ -56,13 +60,14 @@ class FedBuff(FedAsync):
         self.active.discard(arrival.update.client_id)
         deltas, buffers = self._accumulators()
         weight = staleness_weight(arrival.staleness, self.config.staleness)
-        deltas.add(arrival.delta, weight)
+        arrival.fold_into(deltas, weight)
         if arrival.update.buffers is not None and buffers.sum.numel():
             buffers.add(arrival.update.buffers, weight)
         if deltas.count < self.buffer_size:
             return
         model = self.ctx.model
-        params = model.params + deltas.sum * (self.config.alpha / deltas.count)
+        pseudo_gradient = deltas.sum * (self.config.alpha / deltas.count)
+        params = self.step.apply(model.params, pseudo_gradient, reuse=True)
         new_buffers = buffers.mean() if buffers.count else model.buffers
         updates = deltas.count
         deltas.reset()
@@ -78,11 +83,13 @@ class FedBuff(FedAsync):
                 {"sum": acc.sum.clone(), "weight": acc.weight, "count": acc.count}
                 for acc in (deltas, buffers)
             ],
+            "server_step": self.step.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the partially filled buffer."""
         super().load_state_dict(state)
+        self.step.load_state_dict(state["server_step"])
         for acc, saved in zip(self._accumulators(), state["buffer"], strict=True):
             acc.sum.copy_(saved["sum"])
             acc.weight = float(saved["weight"])

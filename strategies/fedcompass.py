@@ -4,14 +4,20 @@ The server keeps a moving-average estimate of each client's seconds per local st
 each client the number of local steps in [Q_min, Q_max] that brings it back together with an
 arrival group (`compass_groups.py`). A group aggregates when its last member arrives, or at its
 deadline (latest_time_factor x its expected duration). Early and on-time members simply get no
-new task until their group aggregates; updates arriving after their group closed are buffered
-and applied, staleness-weighted, in the next group aggregation. A client whose speed is unknown
+new task until their group aggregates; then the group's members, the one whose arrival closed it
+included, are reassigned fastest first. Updates arriving after their group closed are buffered
+and applied, staleness-weighted, in the next group aggregation that has arrivals of its own (a
+group that closes with none leaves the late buffer waiting). A client whose speed is unknown
 (no profile) trains Q_initial steps alone and its first update is applied at once.
 
-Aggregation (gradient style, spec §4.3): w <- w + sum_j alpha * s(tau_j) * p_j * delta_j over the
-group's arrivals and the late buffer, with p_j normalised over that set (by examples or
-uniformly), tau_j the versions published since delta_j's base, and optionally FedNova-style
-step normalisation delta_j * Q_eff / Q_j. Non-trainable buffers become the p-weighted mean.
+Aggregation (gradient style, spec §4.3): Delta = sum_j alpha * s(tau_j) * p_j * delta_j over the
+group's arrivals and the late buffer, applied by the server step (`server_step.py`; plain:
+w <- w + Delta). A late update counts like an on-time one, with its staleness: the full
+alpha * s(tau_j) * p_j. p_j is n_j / sum n over that set (`examples`), 1 / |set| (`uniform`), or
+1 / N for the N clients of the federation (`federation`: the reference's `equal`, under which a
+lone arrival moves the model by alpha / N times its delta); tau_j is the versions published
+since delta_j's base; optionally FedNova-style step normalisation delta_j * Q_eff / Q_j.
+Non-trainable buffers become the p-weighted mean over the set.
 
 Speed samples are (arrival time - dispatch time) / Q_i measured with `ctx.now`, so they include
 download, upload and queueing, like the reference (which measures wall time); on the virtual
@@ -36,6 +42,7 @@ from fedcore.kernels import StreamingAccumulator
 from fedcore.records import Task
 from fedcore.strategies.base import Arrival, Strategy
 from fedcore.strategies.compass_groups import ArrivalGroup, GroupPlanner, StepBounds
+from fedcore.strategies.server_step import ServerStep, ServerStepConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
 from fedcore.typed_config import require
 
@@ -55,11 +62,12 @@ class FedCompassConfig:
     latest_time_factor: float = 1.5
     speed_momentum: float = 0.9
     alpha: float = 0.9
-    weighting: Literal["examples", "uniform"] = "examples"
+    weighting: Literal["examples", "uniform", "federation"] = "examples"
     normalize_steps: bool = False
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     max_staleness: int | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 
     def __post_init__(self) -> None:
         require(self.min_local_steps >= 1, "min_local_steps", "must be >= 1", self.min_local_steps)
@@ -164,6 +172,7 @@ class FedCompass(Strategy):
         self.late: list[Buffered] = []
         self._deltas: StreamingAccumulator | None = None
         self._buffers: StreamingAccumulator | None = None
+        self.step = ServerStep(config.server_step)
 
     # -- events --------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -284,16 +293,17 @@ class FedCompass(Strategy):
                 self._close(group)
 
     def _close(self, group: ArrivalGroup) -> None:
-        """Aggregate the group's arrivals with the late buffer; members still training become
-        late; the arrived members are assigned again."""
+        """Aggregate the group's arrivals with the late buffer (which waits for a group with
+        arrivals); members still training become late; the idle free clients, the arrived
+        members among them, are assigned again fastest first."""
         del self.planner.groups[group.gid]
         entries = self.waiting.pop(group.gid)
         for client in group.expected:
             self.clients[client].state, self.clients[client].group = "late", -1
         for client in group.arrived:
             self.clients[client].state, self.clients[client].group = "free", -1
-        late, self.late = self.late, []
-        if entries or late:
+        if entries:
+            late, self.late = self.late, []
             self._apply(
                 late + entries,
                 group=group.gid,
@@ -304,12 +314,19 @@ class FedCompass(Strategy):
         self._assign_idle()
 
     # -- aggregation ---------------------------------------------------------------------------
+    def shares(self, entries: list[Buffered]) -> list[float]:
+        """p_j per entry, as `weighting` says."""
+        weighting = self.config.weighting
+        if weighting == "federation":
+            return [1.0 / self.ctx.num_clients] * len(entries)
+        raw = [float(e.examples) if weighting == "examples" else 1.0 for e in entries]
+        total = sum(raw)
+        return [w / total for w in raw]
+
     def coefficients(self, entries: list[Buffered]) -> list[float]:
         """alpha * s(tau_j) * p_j (times Q_eff / Q_j with step normalisation) per entry."""
         config = self.config
-        raw = [float(e.examples) if config.weighting == "examples" else 1.0 for e in entries]
-        total = sum(raw)
-        shares = [w / total for w in raw]
+        shares = self.shares(entries)
         version = self.ctx.model.version
         coefs = [
             config.alpha * staleness_weight(version - e.base_version, config.staleness) * p
@@ -321,7 +338,8 @@ class FedCompass(Strategy):
         return coefs
 
     def _apply(self, entries: list[Buffered], **info: Any) -> None:
-        """Publish w + sum_j coef_j delta_j (and the weighted mean of the clients' buffers)."""
+        """Publish the server step along sum_j coef_j delta_j (and the p-weighted mean of the
+        clients' buffers)."""
         model = self.ctx.model
         if self._deltas is None or self._buffers is None:
             self._deltas = StreamingAccumulator(model.params.numel(), dtype=model.params.dtype)
@@ -329,11 +347,12 @@ class FedCompass(Strategy):
         self._deltas.reset()
         self._buffers.reset()
         coefs = self.coefficients(entries)
-        for entry, coef in zip(entries, coefs, strict=True):
+        shares = self.shares(entries)
+        for entry, coef, share in zip(entries, coefs, shares, strict=True):
             self._deltas.add(entry.delta, coef)
             if entry.buffers is not None and model.buffers.numel():
-                self._buffers.add(entry.buffers, coef)
-        params = model.params + self._deltas.sum
+                self._buffers.add(entry.buffers, share)
+        params = self.step.apply(model.params, self._deltas.sum)
         buffers = self._buffers.mean() if self._buffers.count else model.buffers
         self.ctx.publish(
             params,
@@ -366,6 +385,7 @@ class FedCompass(Strategy):
                 for gid, entries in sorted(self.waiting.items())
             },
             "late": [e.to_state() for e in self.late],
+            "server_step": self.step.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -387,3 +407,4 @@ class FedCompass(Strategy):
             for gid, entries in state["waiting"].items()
         }
         self.late = [Buffered.from_state(e) for e in state["late"]]
+        self.step.load_state_dict(state["server_step"])

@@ -93,10 +93,10 @@ class FedLAW(FedAvg):
     """FedAvg's round (its accumulators give the starting point) plus the learned weighting."""
 
     name = "fedlaw"
+    config: FedLAWConfig
 
     def __init__(self, config: FedLAWConfig, seed: int) -> None:
         super().__init__(config, seed)
-        self.options = config
         self.seed = seed
         self._arrivals: dict[int, tuple[torch.Tensor, float]] = {}
         self._proxy: Split | None = None
@@ -131,7 +131,7 @@ class FedLAW(FedAvg):
         clients = sorted(self._arrivals)
         shares = torch.tensor([self._arrivals[c][1] for c in clients], dtype=torch.float64)
         theta, beta = self._initial((shares / shares.sum()).float())
-        if self.options.server_epochs == 0:
+        if self.config.server_epochs == 0:
             self._info = self._describe(Candidate(theta, beta))
             return fedavg, buffers
         stacked = torch.stack([self._arrivals[c][0] for c in clients])
@@ -149,7 +149,7 @@ class FedLAW(FedAvg):
 
     def _initial(self, shares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """FedAvg's point (theta, beta): lambda = shares, gamma = 1."""
-        if self.options.parameterization == "exp":
+        if self.config.parameterization == "exp":
             return shares.log(), torch.zeros(())
         return shares.sqrt(), torch.ones(())
 
@@ -157,15 +157,15 @@ class FedLAW(FedAvg):
         self, theta: torch.Tensor, beta: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The parameterisation: (gamma, lambda) from (theta, beta)."""
-        if self.options.parameterization == "exp":
+        if self.config.parameterization == "exp":
             return beta.exp(), torch.softmax(theta, dim=0)
         squares = theta.square()
         return beta.square(), squares / squares.sum()
 
     def _beta_bounds(self) -> tuple[float, float]:
         """The interval of beta that keeps gamma in [gamma_min, gamma_max]."""
-        low, high = self.options.gamma_min, self.options.gamma_max
-        if self.options.parameterization == "exp":
+        low, high = self.config.gamma_min, self.config.gamma_max
+        if self.config.parameterization == "exp":
             return (math.log(low) if low > 0 else -math.inf), math.log(high)
         return math.sqrt(low), math.sqrt(high)
 
@@ -187,14 +187,14 @@ class FedLAW(FedAvg):
         proxy = self._bound_proxy()
         theta = start.theta.clone().requires_grad_(True)
         beta = start.beta.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([theta, beta], lr=self.options.server_lr, betas=ADAM_BETAS)
+        optimizer = torch.optim.Adam([theta, beta], lr=self.config.server_lr, betas=ADAM_BETAS)
         low, high = self._beta_bounds()
         seed = int(np.random.SeedSequence([self.seed, self.round]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(seed)
         best = start
-        for _ in range(self.options.server_epochs):
+        for _ in range(self.config.server_epochs):
             order = torch.randperm(len(proxy), generator=generator)
-            for batch in order.split(self.options.server_batch_size):
+            for batch in order.split(self.config.server_batch_size):
                 x, y = proxy.batch(batch)
                 candidate = self._combine(theta, beta, stacked, params)
                 loss = nn.functional.cross_entropy(self._forward(candidate, buffers, x), y)
@@ -203,10 +203,10 @@ class FedLAW(FedAvg):
                 optimizer.step()
                 with torch.no_grad():
                     beta.clamp_(low, high)
-            if self.options.select == "best":
+            if self.config.select == "best":
                 measured = self._measured(theta, beta, stacked, params, buffers)
                 best = min(best, measured, key=lambda c: c.loss)
-        if self.options.select == "last":
+        if self.config.select == "last":
             return self._measured(theta, beta, stacked, params, buffers)
         return best
 

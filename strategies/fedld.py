@@ -20,8 +20,8 @@ updates. Differences from the reference code, on purpose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
@@ -30,6 +30,7 @@ from fedcore.kernels.principal import principal_mean
 from fedcore.records import Task
 from fedcore.strategies.base import Arrival
 from fedcore.strategies.rounds import RoundConfig, SynchronousRounds
+from fedcore.strategies.server_step import ServerStep, ServerStepConfig
 from fedcore.typed_config import require
 
 
@@ -42,6 +43,7 @@ class FedLDConfig(RoundConfig):
     k_fraction: float = 0.8
     plain_rounds: int = 0
     device: str = "auto"
+    server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,21 +63,22 @@ class FedLD(SynchronousRounds):
     arrival order cannot change a bit) for the principal revision."""
 
     name = "fedld"
+    config: FedLDConfig
 
     def __init__(self, config: FedLDConfig, seed: int) -> None:
         super().__init__(config, seed)
-        self.options = config
+        self.step = ServerStep(config.server_step)
         self._deltas: dict[int, torch.Tensor] = {}
         self._buffers: StreamingAccumulator | None = None
 
     def make_task(self, client_id: int, deadline: float | None) -> Task:
-        """A local-SGD task whose loss carries the margin-control term."""
+        """A task for the `fedld` client technique, whose loss carries the margin term."""
         task = super().make_task(client_id, deadline)
         margin = {
-            "margin_lambda": self.options.margin_lambda,
-            "margin_per_sample": float(self.options.margin_norm == "sample"),
+            "margin_lambda": self.config.margin_lambda,
+            "margin_per_sample": float(self.config.margin_norm == "sample"),
         }
-        return Task(**{**vars(task), "hyper": {**task.hyper, **margin}})
+        return replace(task, technique="fedld", hyper={**task.hyper, **margin})
 
     def reset_round(self) -> None:
         """Forget the round's updates (the buffer accumulator is reused)."""
@@ -93,16 +96,26 @@ class FedLD(SynchronousRounds):
         self._buffers.add(arrival.update.buffers, float(arrival.update.num_examples))
 
     def aggregate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """w + uniform mean of the principal-revised updates (plain mean in `plain_rounds`)."""
+        """The server step along the uniform mean of the principal-revised updates (the plain
+        mean in `plain_rounds`); plain: w + that mean."""
         if not self._deltas:
             raise RuntimeError("aggregate called with no arrivals")
         model = self.ctx.model
         stacked = torch.stack([self._deltas[client] for client in sorted(self._deltas)])
-        if self.round <= self.options.plain_rounds:
+        if self.round <= self.config.plain_rounds:
             step = stacked.mean(dim=0)
         else:
             bounds = [(s.offset, s.offset + s.numel) for s in self.ctx.layout.params.slots]
-            step = principal_mean(stacked, bounds, self.options.k_fraction, self.options.device)
+            step = principal_mean(stacked, bounds, self.config.k_fraction, self.config.device)
         buffers = self._buffers
         new_buffers = buffers.mean() if buffers is not None and buffers.count else model.buffers
-        return model.params + step, new_buffers
+        return self.step.apply(model.params, step, reuse=True), new_buffers
+
+    def state_dict(self) -> dict[str, Any]:
+        """Round state plus the server step's moments."""
+        return {**super().state_dict(), "server_step": self.step.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore round state and the server step's moments."""
+        super().load_state_dict(state)
+        self.step.load_state_dict(state["server_step"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedcore.records import Task
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
@@ -30,6 +30,6 @@ class FedProx(FedAvg):
         self.mu = config.mu
 
     def make_task(self, client_id: int, deadline: float | None) -> Task:
-        """A FedAvg task that carries `prox_mu`."""
+        """A FedAvg task for the `fedprox` client technique, carrying `prox_mu`."""
         task = super().make_task(client_id, deadline)
-        return Task(**{**vars(task), "hyper": {**task.hyper, "prox_mu": self.mu}})
+        return replace(task, technique="fedprox", hyper={**task.hyper, "prox_mu": self.mu})

@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from fedcore.strategies.base import Strategy
-from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
 from fedcore.strategies.fedamd import FedAMD, FedAMDConfig
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
-from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
-from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
+from fedcore.strategies.fedavg import (
+    FedAdagradConfig,
+    FedAdamConfig,
+    FedAvg,
+    FedAvgConfig,
+    FedAvgMConfig,
+    FedYogiConfig,
+)
 from fedcore.strategies.fedbuff import FedBuff, FedBuffConfig
 from fedcore.strategies.fedcompass import FedCompass, FedCompassConfig
 from fedcore.strategies.fedlaw import FedLAW, FedLAWConfig
@@ -19,8 +24,10 @@ from fedcore.strategies.fedprox import FedProx, FedProxConfig
 STRATEGIES: dict[str, tuple[type[Any], type[Strategy]]] = {
     "fedavg": (FedAvgConfig, FedAvg),
     "fedprox": (FedProxConfig, FedProx),
-    "fedavgm": (FedAvgMConfig, FedAvgM),
-    "fedadam": (FedAdamConfig, FedAdam),
+    "fedavgm": (FedAvgMConfig, FedAvg),
+    "fedadam": (FedAdamConfig, FedAvg),
+    "fedyogi": (FedYogiConfig, FedAvg),
+    "fedadagrad": (FedAdagradConfig, FedAvg),
     "fedasync": (FedAsyncConfig, FedAsync),
     "fedbuff": (FedBuffConfig, FedBuff),
     "fedcompass": (FedCompassConfig, FedCompass),
@@ -40,3 +47,11 @@ def build_strategy(name: str, options: Any, seed: int) -> Strategy:
             f"strategy {name!r} needs {config_type.__name__}, got {type(options).__name__}"
         )
     return strategy_type(options, seed)
+
+
+def register_strategy(name: str, config_type: type[Any], strategy_type: type[Strategy]) -> None:
+    """Make a strategy findable by `name` (a plug-in's registration; names are unique)."""
+    existing = STRATEGIES.get(name)
+    if existing is not None and existing != (config_type, strategy_type):
+        raise ValueError(f"strategy {name!r} is already registered")
+    STRATEGIES[name] = (config_type, strategy_type)

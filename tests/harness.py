@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from fedcore.params import ModelLayout, ParamSpec
-from fedcore.records import DenseDelta, Task, Update
+from fedcore.payloads import DenseDelta
+from fedcore.records import Task, Update
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 
@@ -20,6 +21,7 @@ class ScriptedContext:
         self._layout = ModelLayout(ParamSpec.from_named([("w", params)]), ParamSpec(()))
         self._model = GlobalModel(params, torch.zeros(0), 0)
         self.history: list[GlobalModel] = [self._model]
+        self.clients = clients
         self.idle = set(range(clients))
         self.tasks: list[Task] = []
         self.timers: dict[str, float] = {}
@@ -43,6 +45,10 @@ class ScriptedContext:
     def layout(self) -> ModelLayout:
         return self._layout
 
+    @property
+    def num_clients(self) -> int:
+        return self.clients
+
     def idle_clients(self) -> list[int]:
         return sorted(self.idle)
 
@@ -64,21 +70,25 @@ class ScriptedContext:
         return self._model
 
     def arrive(self, task: Task, delta: torch.Tensor, examples: int = 10) -> None:
-        """Deliver the update of `task` and make its client idle again."""
+        """Deliver the update of `task`, its client idle again from the arrival on, as the
+        coordinator does for a client that is free at once (`Coordinator.receive`)."""
         update = Update(task.client_id, task.version, examples, DenseDelta(delta))
         base = self.history[task.version]
-        self.strategy.on_update(Arrival(update, delta, base, self._model.version - task.version))
         self.idle.add(task.client_id)
-        self.strategy.on_client_idle(task.client_id)
+        self.strategy.on_update(Arrival(update, base, self._model.version - task.version))
+        if task.client_id in self.idle:
+            self.strategy.on_client_idle(task.client_id)
 
 
 def record_sends(simulation: Simulation) -> list[tuple[float, Task]]:
-    """Every task `simulation` sends from now on, with its virtual send time (filled as it runs)."""
+    """Every training task `simulation` sends from now on, with its virtual send time (filled as
+    it runs); federated evaluation tasks are left out."""
     sent: list[tuple[float, Task]] = []
     original_send = simulation.send
 
     def send(task: Task, model: GlobalModel) -> None:
-        sent.append((simulation.now(), task))
+        if task.technique != "evaluate":
+            sent.append((simulation.now(), task))
         original_send(task, model)
 
     simulation.send = send

@@ -14,11 +14,11 @@ import yaml
 
 from fedcore.clients.device import ClientDevice, DeviceUnavailable, client_device, select_device
 from fedcore.clients.profile import device_profile
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import ClientDevicesConfig, DeviceSettings, ExperimentConfig
 from fedcore.data import load_dataset
 from fedcore.models import build_model
 from fedcore.records import Task
-from fedcore.training import LocalTrainer
 from fedcore.typed_config import ConfigError, build
 
 HAS_CUDA = torch.cuda.is_available()
@@ -110,15 +110,15 @@ def test_bfloat16_autocast_changes_only_the_arithmetic_precision() -> None:
     trainer = LocalTrainer(partial(build_model, "mlp", dataset.info))
     params, buffers = trainer.bound.params.clone(), trainer.bound.buffers.clone()
     task = Task(client_id=0, version=0, local_steps=8, hyper={"batch_size": 32, "lr": 0.05}, seed=3)
-    exact = trainer.train(task, params, buffers, dataset.train)
+    exact = trainer.run(task, params, buffers, dataset.train)
     plain = ClientDevice(torch.device("cpu"), DeviceSettings())
     with plain.compute():
         assert not torch.is_autocast_enabled("cpu")
-        again = trainer.train(task, params, buffers, dataset.train)
+        again = trainer.run(task, params, buffers, dataset.train)
     assert torch.equal(again.payload.values, exact.payload.values)
     with ClientDevice(torch.device("cpu"), DeviceSettings(dtype="bfloat16")).compute():
         assert torch.is_autocast_enabled("cpu")
-        low = trainer.train(task, params, buffers, dataset.train)
+        low = trainer.run(task, params, buffers, dataset.train)
     assert low.payload.values.dtype == torch.float32
     assert not torch.equal(low.payload.values, exact.payload.values)
     scale = exact.payload.values.abs().max()
@@ -160,8 +160,8 @@ def test_a_task_on_cuda_gives_the_cpu_update_up_to_rounding() -> None:
     task = Task(
         client_id=0, version=0, local_steps=10, hyper={"batch_size": 32, "lr": 0.05}, seed=9
     )
-    cpu_update = on_cpu.train(task, params, buffers, dataset.train)
-    gpu_update = on_gpu.train(task, params, buffers, dataset.train)
+    cpu_update = on_cpu.run(task, params, buffers, dataset.train)
+    gpu_update = on_gpu.run(task, params, buffers, dataset.train)
     assert gpu_update.payload.values.device.type == "cpu"
     assert torch.allclose(gpu_update.payload.values, cpu_update.payload.values, atol=1e-5, rtol=0)
 

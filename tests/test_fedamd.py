@@ -12,20 +12,23 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedcore.clients.sgd import SGDParams, task_batches
+from fedcore.clients.techniques.fedamd import DIRECTION, AnchorMemory
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import TrainingConfig
 from fedcore.data.split import Split
-from fedcore.records import Task, WorkKind
+from fedcore.records import Task
 from fedcore.server.checkpoints import pack, unpack
 from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.simulation import Simulation, simulate
 from fedcore.strategies.base import GlobalModel
 from fedcore.strategies.fedamd import FedAMD, FedAMDConfig
-from fedcore.training import LocalTrainer, planned_passes, task_batches
+from fedcore.strategies.server_step import ServerStepConfig
 from fedcore.typed_config import ConfigError
-from fedcore.variance_reduced import ANCHOR_BASE, ANCHOR_BATCH, DIRECTION, AnchorMemory
 from tests.conftest import FAST, composed
 from tests.harness import ScriptedContext
 
+ANCHOR, MINER = "anchor", "miner"
 P = 64
 
 
@@ -64,10 +67,17 @@ def _reference_gradient(
     return flat_grad + wd * flat
 
 
-def _task(kind: WorkKind, steps: int, **hyper: float) -> Task:
-    base = {"batch_size": 8.0, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "epochs": 0.0}
+def _task(technique: str, steps: int, **hyper: float) -> Task:
+    base = {"batch_size": 8.0, "weight_decay": 0.0}
+    if technique != ANCHOR:
+        base.update(lr=0.1, momentum=0.0, epochs=0.0)
     return Task(
-        client_id=4, version=7, kind=kind, local_steps=steps, hyper={**base, **hyper}, seed=11
+        client_id=4,
+        version=7,
+        technique=technique,
+        local_steps=steps,
+        hyper={**base, **hyper},
+        seed=11,
     )
 
 
@@ -75,8 +85,8 @@ def _task(kind: WorkKind, steps: int, **hyper: float) -> Task:
 def test_first_miner_step_is_minus_lr_times_the_direction(trainer: LocalTrainer) -> None:
     params, buffers = _start(trainer)
     v = torch.randn(params.numel(), generator=torch.Generator().manual_seed(1))
-    task = replace(_task(WorkKind.MINER, 1), extras={DIRECTION: v})
-    update = trainer.train(task, params, buffers, _data())
+    task = replace(_task(MINER, 1), extras={DIRECTION: v})
+    update = trainer.run(task, params, buffers, _data())
     assert torch.allclose(update.payload.values, -0.1 * v, atol=1e-7, rtol=1e-6)
     assert update.metrics["grad_examples"] == 0, "step 0 needs no gradient"
 
@@ -87,9 +97,9 @@ def test_miner_steps_follow_the_recursion_with_the_same_batch_at_both_iterates(
     params, buffers = _start(trainer)
     data = _data()
     v = 0.1 * torch.randn(params.numel(), generator=torch.Generator().manual_seed(2))
-    task = replace(_task(WorkKind.MINER, 3, weight_decay=0.01), extras={DIRECTION: v})
-    update = trainer.train(task, params, buffers, data)
-    batches = task_batches(task, len(data))
+    task = replace(_task(MINER, 3, weight_decay=0.01), extras={DIRECTION: v})
+    update = trainer.run(task, params, buffers, data)
+    batches = task_batches(task, SGDParams(batch_size=8), len(data))
     xs, d = [params.clone()], v.clone()
     xs.append(xs[0] - 0.1 * d)
     for k in (1, 2):
@@ -105,8 +115,8 @@ def test_miner_steps_follow_the_recursion_with_the_same_batch_at_both_iterates(
 def test_miner_without_a_direction_is_plain_local_sgd(trainer: LocalTrainer) -> None:
     params, buffers = _start(trainer)
     data = _data()
-    sgd = trainer.train(_task(WorkKind.SGD, 5), params, buffers, data)
-    miner = trainer.train(_task(WorkKind.MINER, 5), params, buffers, data)
+    sgd = trainer.run(_task("sgd", 5), params, buffers, data)
+    miner = trainer.run(_task(MINER, 5), params, buffers, data)
     assert torch.equal(sgd.payload.values, miner.payload.values)
 
 
@@ -115,19 +125,19 @@ def test_anchor_uploads_the_mean_gradient_over_its_random_large_batch(
 ) -> None:
     params, buffers = _start(trainer)
     data = _data(n=2500)
-    whole = trainer.train(_task(WorkKind.ANCHOR, 1, weight_decay=0.02), params, buffers, data)
+    whole = trainer.run(_task(ANCHOR, 1, weight_decay=0.02), params, buffers, data)
     expected = _reference_gradient(trainer, params, data, torch.arange(len(data)), wd=0.02)
     assert torch.allclose(whole.payload.values, expected, atol=1e-6)
     assert whole.num_examples == 2500 and whole.buffers is None
     assert whole.local_steps == 313, "ceil(2500 / 8) minibatches of work"
 
-    part = trainer.train(_task(WorkKind.ANCHOR, 1, **{ANCHOR_BATCH: 40.0}), params, buffers, data)
+    part = trainer.run(_task(ANCHOR, 1, anchor_batch=40.0), params, buffers, data)
     rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(11))[:40]
     assert torch.allclose(
         part.payload.values, _reference_gradient(trainer, params, data, rows), atol=1e-6
     )
-    other = trainer.train(
-        replace(_task(WorkKind.ANCHOR, 1, **{ANCHOR_BATCH: 40.0}), seed=12), params, buffers, data
+    other = trainer.run(
+        replace(_task(ANCHOR, 1, anchor_batch=40.0), seed=12), params, buffers, data
     )
     assert not torch.allclose(other.payload.values, part.payload.values), "batch is random"
 
@@ -139,8 +149,8 @@ def test_client_kept_anchor_uploads_differences_relative_to_the_counted_gradient
     data = _data()
 
     def anchor(version: int, base: int, shift: float) -> torch.Tensor:
-        task = replace(_task(WorkKind.ANCHOR, 1, **{ANCHOR_BASE: float(base)}), version=version)
-        return trainer.train(task, params + shift, buffers, data).payload.values
+        task = replace(_task(ANCHOR, 1, client_store=1.0, anchor_base=float(base)), version=version)
+        return trainer.run(task, params + shift, buffers, data).payload.values
 
     g = {
         v: _reference_gradient(trainer, params + s, data, torch.arange(len(data)))
@@ -150,7 +160,7 @@ def test_client_kept_anchor_uploads_differences_relative_to_the_counted_gradient
     assert torch.allclose(anchor(2, 1, 0.1), g[2] - g[1], atol=1e-6)
     # The upload of version 2 was lost: the server still counts version 1.
     assert torch.allclose(anchor(3, 1, 0.2), g[3] - g[1], atol=1e-6)
-    assert trainer.anchor_memory.held(4) == [1, 3]
+    assert trainer.technique(ANCHOR).memory.held(4) == [1, 3]
     with pytest.raises(RuntimeError, match="gradient_store=server"):
         AnchorMemory().difference(0, 5, 6, torch.zeros(3))
 
@@ -165,11 +175,11 @@ def test_anchor_and_miner_on_cuda_give_the_cpu_updates_up_to_rounding(
     on_gpu = LocalTrainer(_module, device="cuda")
     v = 0.1 * torch.randn(params.numel(), generator=torch.Generator().manual_seed(4))
     tasks = [
-        _task(WorkKind.ANCHOR, 1, **{ANCHOR_BATCH: 700.0}),
-        replace(_task(WorkKind.MINER, 6), extras={DIRECTION: v}),
+        _task(ANCHOR, 1, anchor_batch=700.0),
+        replace(_task(MINER, 6), extras={DIRECTION: v}),
     ]
     for task in tasks:
-        cpu = trainer.train(task, params, buffers, data).payload.values
+        cpu = trainer.run(task, params, buffers, data).payload.values
         gpu = on_gpu.train(task, params, buffers, data).payload.values
         assert gpu.device.type == "cpu"
         assert torch.allclose(gpu, cpu, atol=1e-5, rtol=0)
@@ -193,7 +203,7 @@ def test_all_anchor_round_leaves_the_model_unchanged() -> None:
     strategy, ctx = _strategy(anchor_probability=1.0)
     start = ctx.model
     strategy.on_start()
-    assert [t.kind for t in ctx.tasks] == [WorkKind.ANCHOR] * 4
+    assert [t.technique for t in ctx.tasks] == [ANCHOR] * 4
     for task, g in zip(list(ctx.tasks), _vectors(4, 0), strict=True):
         ctx.arrive(task, g)
     assert ctx.model.version == 1
@@ -210,8 +220,8 @@ def test_anchor_gradient_affects_the_direction_only_from_the_next_round_on() -> 
     for round_ in range(6):
         tasks = ctx.tasks[-4:]
         expected = torch.stack(list(stored.values())).mean(0) if stored else None
-        anchors = [t for t in tasks if t.kind is WorkKind.ANCHOR]
-        miners = [t for t in tasks if t.kind is WorkKind.MINER]
+        anchors = [t for t in tasks if t.technique == ANCHOR]
+        miners = [t for t in tasks if t.technique == MINER]
         for miner in miners:
             if expected is None:
                 assert DIRECTION not in miner.extras
@@ -222,10 +232,10 @@ def test_anchor_gradient_affects_the_direction_only_from_the_next_round_on() -> 
         start = ctx.model.params
         deltas = _vectors(4, 10 + round_)
         for task, vector in zip(tasks, deltas, strict=True):
-            if task.kind is WorkKind.ANCHOR:
+            if task.technique == ANCHOR:
                 stored[task.client_id] = vector
             ctx.arrive(task, vector)
-        miner_deltas = [v for t, v in zip(tasks, deltas, strict=True) if t.kind is WorkKind.MINER]
+        miner_deltas = [v for t, v in zip(tasks, deltas, strict=True) if t.technique == MINER]
         if miner_deltas:
             assert torch.allclose(ctx.model.params, start + torch.stack(miner_deltas).mean(0))
         else:
@@ -235,19 +245,21 @@ def test_anchor_gradient_affects_the_direction_only_from_the_next_round_on() -> 
 
 
 def test_periodic_anchor_rounds_and_the_server_learning_rate() -> None:
-    strategy, ctx = _strategy(clients=4, per_round=2, anchor_period=3, server_lr=0.5)
+    strategy, ctx = _strategy(
+        clients=4, per_round=2, anchor_period=3, server_step=ServerStepConfig(lr=0.5)
+    )
     strategy.on_start()
     kinds = []
     for round_ in range(6):
         tasks = ctx.tasks[-2:]
-        kinds.append({t.kind for t in tasks})
+        kinds.append({t.technique for t in tasks})
         start = ctx.model.params
         deltas = _vectors(2, round_)
         for task, delta in zip(tasks, deltas, strict=True):
             ctx.arrive(task, delta)
-        if WorkKind.MINER in kinds[-1]:
+        if MINER in kinds[-1]:
             assert torch.allclose(ctx.model.params, start + 0.5 * (deltas[0] + deltas[1]) / 2)
-    anchor, miner = {WorkKind.ANCHOR}, {WorkKind.MINER}
+    anchor, miner = {ANCHOR}, {MINER}
     assert kinds == [anchor, miner, miner, anchor, miner, miner]
 
 
@@ -255,13 +267,13 @@ def test_init_round_collects_every_client_before_the_first_round() -> None:
     strategy, ctx = _strategy(clients=5, per_round=2, anchor_probability=0.0, init_round=True)
     strategy.on_start()
     assert sorted(t.client_id for t in ctx.tasks) == [0, 1, 2, 3, 4]
-    assert all(t.kind is WorkKind.ANCHOR for t in ctx.tasks)
+    assert all(t.technique == ANCHOR for t in ctx.tasks)
     gradients = _vectors(5, 3)
     for task, g in zip(list(ctx.tasks), gradients, strict=True):
         assert strategy.round == 0
         ctx.arrive(task, g)
     assert ctx.model.version == 0, "the initial phase publishes nothing"
-    assert [t.kind for t in ctx.tasks[5:]] == [WorkKind.MINER] * 2
+    assert [t.technique for t in ctx.tasks[5:]] == [MINER] * 2
     mean = torch.stack(gradients).mean(0)
     assert all(torch.allclose(t.extras[DIRECTION], mean, atol=1e-6) for t in ctx.tasks[5:])
 
@@ -270,12 +282,12 @@ def test_client_store_keeps_only_the_running_sum_and_names_the_base_version() ->
     strategy, ctx = _strategy(clients=2, per_round=2, anchor_period=2, gradient_store="client")
     strategy.on_start()
     first = _vectors(2, 0)
-    assert [t.hyper[ANCHOR_BASE] for t in ctx.tasks] == [-1.0, -1.0]
+    assert [t.hyper["anchor_base"] for t in ctx.tasks] == [-1.0, -1.0]
     for task, g in zip(list(ctx.tasks), first, strict=True):
         ctx.arrive(task, g)
     for task in list(ctx.tasks[2:]):
         ctx.arrive(task, torch.zeros(P))
-    assert [t.hyper[ANCHOR_BASE] for t in ctx.tasks[4:]] == [0.0, 0.0]
+    assert [t.hyper["anchor_base"] for t in ctx.tasks[4:]] == [0.0, 0.0]
     differences = _vectors(2, 1)
     for task, diff in zip(list(ctx.tasks[4:]), differences, strict=True):
         ctx.arrive(task, diff)
@@ -329,8 +341,8 @@ def test_state_dict_round_trip_resumes_identically(store: str) -> None:
     again.idle = set(range(5)) - {t.client_id for t in again.tasks}
     _play(ctx, 2, seed=50)
     _play(again, 2, seed=50)
-    assert [(t.client_id, t.kind, t.seed) for t in again.tasks] == [
-        (t.client_id, t.kind, t.seed) for t in ctx.tasks[9:]
+    assert [(t.client_id, t.technique, t.seed) for t in again.tasks] == [
+        (t.client_id, t.technique, t.seed) for t in ctx.tasks[9:]
     ]
     assert torch.equal(again.model.params, ctx.model.params)
 
@@ -377,10 +389,12 @@ def test_fedamd_simulation_writes_its_run_and_is_reproducible(tmp_path) -> None:
     assert again["final"] == summary["final"]
 
 
-def test_the_simulated_clock_charges_miners_two_passes_per_step_and_anchors_their_batch():
-    miner = Task(0, 0, WorkKind.MINER, 10, {"batch_size": 32}, {DIRECTION: torch.zeros(3)})
-    assert planned_passes(miner, 1000) == 19
-    assert planned_passes(replace(miner, extras={}), 1000) == 10
-    anchor = Task(0, 0, WorkKind.ANCHOR, 10, {"batch_size": 32, "anchor_batch": 320})
-    assert planned_passes(anchor, 1000) == 10
-    assert planned_passes(replace(anchor, hyper={"batch_size": 32}), 640) == 20
+def test_the_simulated_clock_charges_miners_two_passes_per_step_and_anchors_their_batch(
+    trainer: LocalTrainer,
+):
+    miner = Task(0, 0, MINER, 10, {"batch_size": 32}, {DIRECTION: torch.zeros(3)})
+    assert trainer.passes(miner, 1000) == 19
+    assert trainer.passes(replace(miner, extras={}), 1000) == 10
+    anchor = Task(0, 0, ANCHOR, 10, {"batch_size": 32, "anchor_batch": 320})
+    assert trainer.passes(anchor, 1000) == 10
+    assert trainer.passes(replace(anchor, hyper={"batch_size": 32}), 640) == 20

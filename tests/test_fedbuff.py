@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedcore.config import TrainingConfig
-from fedcore.records import DenseDelta, Update
+from fedcore.payloads import DenseDelta
+from fedcore.records import Update
 from fedcore.server.checkpoints import pack, unpack
 from fedcore.server.experiment import parse_experiment
 from fedcore.server.simulation import simulate
@@ -73,7 +74,7 @@ def test_partial_buffer_round_trips_through_state_dict():
     second = ctx.tasks[1]
     for s, c in ((strategy, ctx), (clone, clone_ctx)):
         update = Update(second.client_id, 0, 10, DenseDelta(d[1]))
-        s.on_update(Arrival(update, d[1], c.history[0], 0))
+        s.on_update(Arrival(update, c.history[0], 0))
     assert clone_ctx.model.version == ctx.model.version == 1
     assert torch.equal(clone_ctx.model.params, ctx.model.params)
     assert torch.allclose(ctx.model.params, 0.8 * (d[0] + d[1]) / 2, atol=1e-6)

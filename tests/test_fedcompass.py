@@ -72,15 +72,16 @@ def test_groups_and_steps_match_a_hand_computed_schedule():
     assert info["staleness"] == [0, 0, 0] and info["late"] == []
     assert strategy.clients[1].speed == pytest.approx(2.18)
 
-    # Reassignment at t = 110, fastest first. Client 0: group 1 would need floor(140 / 1) = 140
-    # steps > Q_max, and group 1's fastest (10 s/step) returns far beyond Q_max: a new group 2
-    # with 100 steps (T_a = 210, T_max = 260). Client 2: group 1 allows floor(140 / 4) = 35,
-    # group 2 floor(100 / 4) = 25: it joins group 1 with 35. Client 1: group 1 allows
-    # floor(140 / 2.18) = 64, group 2 floor(100 / 2.18) = 45: group 1 with 64.
+    # Reassignment at t = 110, fastest first (spec §4.2 GROUP_AGG), client 1, whose arrival
+    # closed the group, included: 0 (1 s/step), 1 (2.18), 2 (4). Client 0: group 1 would need
+    # floor(140 / 1) = 140 steps > Q_max, and group 1's fastest (10 s/step) returns far beyond
+    # Q_max: a new group 2 with 100 steps (T_a = 210, T_max = 260). Client 1: group 1 allows
+    # floor(140 / 2.18) = 64, group 2 floor(100 / 2.18) = 45: group 1 with 64. Client 2: group 1
+    # allows floor(140 / 4) = 35, group 2 floor(100 / 4) = 25: it joins group 1 with 35.
     assert [(t.client_id, t.local_steps, t.version) for t in ctx.tasks[4:]] == [
         (0, 100, 1),
-        (2, 35, 1),
         (1, 64, 1),
+        (2, 35, 1),
     ]
     assert ctx.timers["compass-group-2"] == 260.0
     assert strategy.planner.groups[1].expected == {1, 2, 3}
@@ -115,13 +116,56 @@ def test_deadline_closes_the_group_and_a_late_update_is_applied_once_with_its_st
     assert torch.allclose(ctx.model.params, expected, atol=1e-6)
     assert not strategy.late and not strategy.waiting.get(1), "buffers are freed"
 
-    # Client 1 (1.886 s/step) and client 0 (1 s/step) now land in different groups; client 0's
-    # next aggregation holds only its new update: the late one counted exactly once.
+    # Reassigned fastest first at t = 250: client 0 founds a group with Q_max (T_a = 350) and
+    # client 1 (1.886 s/step) joins it with floor(100 / 1.886) = 53 steps. The next aggregation
+    # holds their two new updates only: the late one was counted exactly once.
+    assert [(t.client_id, t.local_steps) for t in ctx.tasks[-2:]] == [(0, 100), (1, 53)]
     _arrive_at(ctx, 350.0, 0, torch.ones(P))
-    assert ctx.model.version == 3 and ctx.infos[-1]["clients"] == [0]
+    assert ctx.model.version == 2, "client 0 waits for its group"
+    _arrive_at(ctx, 351.0, 1, torch.ones(P))
+    assert ctx.model.version == 3 and ctx.infos[-1]["clients"] == [0, 1]
     assert ctx.infos[-1]["late"] == []
     assert torch.allclose(ctx.model.params, expected + 1, atol=1e-6)
-    assert sum(i["updates"] for i in ctx.infos) == 5, "five updates arrived, each applied once"
+    assert sum(i["updates"] for i in ctx.infos) == 6, "six updates arrived, each applied once"
+
+
+def test_a_group_closing_with_no_arrivals_leaves_the_late_buffer_for_the_next_group():
+    strategy, ctx = _compass(3, {0: 1.0, 1: 1.0, 2: 1.0}, alpha=1.0)
+    strategy.on_start()
+    assert ctx.timers == {"compass-group-0": 150.0}
+    d0 = _delta(0)
+    _arrive_at(ctx, 100.0, 0, d0)
+    ctx.clock = 150.0
+    strategy.on_timer("compass-group-0")  # closes with client 0: clients 1 and 2 become late
+    assert ctx.model.version == 1
+    _arrive_at(ctx, 160.0, 1, _delta(1))  # late: buffered
+    assert len(strategy.late) == 1
+    (group,) = [g for g in strategy.planner.groups.values() if 2 not in g.members()]
+    # Client 0's new group (T_a = 250) and client 1 in it; a group with nobody arriving by its
+    # deadline must not apply the late buffer on its own.
+    for member in sorted(group.expected):
+        strategy.on_task_lost(_task(ctx, member))
+    assert ctx.model.version == 1 and len(strategy.late) == 1, "late update kept for later"
+    _arrive_at(ctx, 170.0, 2, _delta(2))  # client 2 is late too
+    assert len(strategy.late) == 2 and ctx.model.version == 1
+
+
+def test_late_updates_count_with_alpha_staleness_and_share_and_buffers_take_the_share():
+    strategy, ctx = _compass(2, {}, alpha=0.5)
+    ctx.publish(torch.zeros(P), torch.zeros(0))
+    entries = [
+        Buffered(0, torch.ones(P), None, 30, 10, base_version=0),
+        Buffered(1, torch.ones(P), None, 10, 10, base_version=1),
+    ]
+    assert strategy.shares(entries) == [0.75, 0.25]
+    assert strategy.coefficients(entries) == pytest.approx([0.5 * 2**-0.5 * 0.75, 0.5 * 0.25])
+
+
+def test_federation_weighting_is_one_over_the_number_of_clients():
+    strategy, ctx = _compass(8, {}, weighting="federation")
+    entries = [Buffered(c, torch.ones(P), None, 10 * (c + 1), 10, 0) for c in range(3)]
+    assert strategy.shares(entries) == [1 / 8] * 3
+    assert strategy.coefficients(entries) == pytest.approx([0.9 / 8] * 3)
 
 
 @pytest.mark.parametrize("function", ["polynomial", "hinge", "constant"])

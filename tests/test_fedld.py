@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedcore.clients.techniques.fedld import margin_loss
 from fedcore.config import TrainingConfig
 from fedcore.kernels.principal import principal_count, principal_mean, principal_revision
 from fedcore.params import ModelLayout, ParamSpec
 from fedcore.strategies.fedld import FedLD, FedLDConfig
-from fedcore.training import training_loss
 from tests.harness import ScriptedContext
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -148,13 +148,13 @@ def test_margin_loss_batch_and_per_sample_norms():
     labels = torch.arange(8) % 5
     ce = torch.nn.functional.cross_entropy(logits, labels)
     probs = torch.softmax(logits, dim=1)
-    batch = training_loss(logits, labels, {"margin_lambda": 0.1})
+    batch = margin_loss(logits, labels, 0.1, per_sample=False)
     frobenius = torch.linalg.matrix_norm(probs)
     assert torch.allclose(batch, ce + 0.1 * torch.log(1 + frobenius**2))
-    sample = training_loss(logits, labels, {"margin_lambda": 0.1, "margin_per_sample": 1.0})
+    sample = margin_loss(logits, labels, 0.1, per_sample=True)
     per_row = torch.log(1 + torch.linalg.vector_norm(probs, dim=1) ** 2).mean()
     assert torch.allclose(sample, ce + 0.1 * per_row)
-    assert torch.equal(training_loss(logits, labels, {}), ce)
+    assert torch.equal(margin_loss(logits, labels, 0.0, per_sample=False), ce)
     batch.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
 

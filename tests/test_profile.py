@@ -26,11 +26,11 @@ from fedcore.clients.profile import (
     profile_line,
 )
 from fedcore.clients.stack import Library, MissingLibraries, check_client_stack, missing_libraries
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import TrainingConfig
 from fedcore.data import load_dataset
 from fedcore.models import build_model
 from fedcore.server.roster import format_roster, roster
-from fedcore.training import LocalTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEP = 0.004
@@ -72,7 +72,7 @@ def test_calibration_of_real_training_is_per_step_and_independent_of_the_step_co
 
     def per_step(steps: int) -> float:
         return calibrate(
-            lambda n: trainer.train(calibration_task(training, n), params, buffers, dataset.train),
+            lambda n: trainer.run(calibration_task(training, n), params, buffers, dataset.train),
             steps,
         )
 
@@ -96,9 +96,7 @@ def test_device_profile_fields_are_present_and_typed() -> None:
     trainer = LocalTrainer(partial(build_model, "mlp", dataset.info))
     params, buffers = trainer.bound.params.clone(), trainer.bound.buffers.clone()
     seconds = calibrate(
-        lambda n: trainer.train(
-            calibration_task(TrainingConfig(), n), params, buffers, dataset.train
-        )
+        lambda n: trainer.run(calibration_task(TrainingConfig(), n), params, buffers, dataset.train)
     )
     made = device_profile(torch.device("cpu"), seconds)
     assert made.architecture == platform.machine()

@@ -3,11 +3,12 @@ lazy clients, dropouts and worker pools."""
 
 import torch
 
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.simulation import Simulation, simulate
-from fedcore.training import LocalTrainer
 from tests.conftest import FAST, composed
+from tests.harness import record_sends
 
 
 def test_fedavg_round_equals_independent_weighted_mean_of_trained_clients():
@@ -15,17 +16,16 @@ def test_fedavg_round_equals_independent_weighted_mean_of_trained_clients():
     experiment = make_experiment(config)
     initial = experiment.initial_model()
     simulation = Simulation(experiment, config)
-    sent = []
-    original_send = simulation.send
-    simulation.send = lambda task, model: (sent.append(task), original_send(task, model))[1]
+    recorded = record_sends(simulation)
     result = simulation.run()
+    sent = [task for _, task in recorded]
     assert result.final.version == 1 and len(sent) == 5
 
     trainer = LocalTrainer(experiment.build_model)
     weighted, total = torch.zeros_like(initial.params, dtype=torch.float64), 0
     for task in sent:
         data = experiment.federation.train_split(task.client_id)
-        update = trainer.train(task, initial.params, initial.buffers, data)
+        update = trainer.run(task, initial.params, initial.buffers, data)
         weighted += len(data) * (initial.params.double() + update.payload.values.double())
         total += len(data)
     assert torch.allclose(result.final.params.double(), weighted / total, atol=1e-6)

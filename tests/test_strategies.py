@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from fedcore.config import TrainingConfig
-from fedcore.strategies.fedadam import FedAdam, FedAdamConfig
 from fedcore.strategies.fedasync import FedAsync, FedAsyncConfig
-from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
-from fedcore.strategies.fedavgm import FedAvgM, FedAvgMConfig
+from fedcore.strategies.fedavg import FedAdamConfig, FedAvg, FedAvgConfig, FedAvgMConfig
 from fedcore.strategies.fedprox import FedProx, FedProxConfig
+from fedcore.strategies.server_step import ServerStepConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
 from tests.harness import ScriptedContext
 
@@ -84,7 +83,8 @@ def test_fedprox_tasks_carry_mu():
 def test_fedavgm_and_fedadam_server_steps():
     deltas = _deltas(2, seed=9)
     start = torch.randn(P)
-    momentum = FedAvgM(FedAvgMConfig(clients_per_round=1, server_lr=0.5, server_momentum=0.9), 0)
+    step = ServerStepConfig(name="momentum", lr=0.5, momentum=0.9)
+    momentum = FedAvg(FedAvgMConfig(clients_per_round=1, server_step=step), 0)
     ctx = ScriptedContext(momentum, start, clients=1)
     momentum.on_start()
     ctx.arrive(ctx.tasks[0], deltas[0])
@@ -93,16 +93,15 @@ def test_fedavgm_and_fedadam_server_steps():
     velocity = 0.9 * deltas[0] + deltas[1]
     assert torch.allclose(ctx.model.params, start + 0.5 * deltas[0] + 0.5 * velocity, atol=1e-6)
 
-    adam = FedAdam(
-        FedAdamConfig(clients_per_round=1, server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3), 0
-    )
+    step = ServerStepConfig(name="adam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    adam = FedAvg(FedAdamConfig(clients_per_round=1, server_step=step), 0)
     ctx = ScriptedContext(adam, start, clients=1)
     adam.on_start()
     ctx.arrive(ctx.tasks[0], deltas[0])
     m = 0.1 * deltas[0]
     v = 0.01 * deltas[0] ** 2
     assert torch.allclose(ctx.model.params, start + 0.1 * m / (v.sqrt() + 1e-3), atol=1e-5)
-    assert torch.allclose(adam.state_dict()["m"], m, atol=1e-7)
+    assert torch.allclose(adam.state_dict()["server_step"]["m"], m, atol=1e-7)
 
 
 @pytest.mark.parametrize("function", ["constant", "polynomial", "hinge"])

@@ -6,10 +6,10 @@ from functools import partial
 
 import torch
 
+from fedcore.clients.trainer import LocalTrainer
 from fedcore.data import load_dataset
 from fedcore.models import build_model
 from fedcore.records import Task
-from fedcore.training import LocalTrainer
 
 
 def test_a_reused_params_buffer_holds_the_same_delta_bit_for_bit() -> None:
@@ -17,10 +17,10 @@ def test_a_reused_params_buffer_holds_the_same_delta_bit_for_bit() -> None:
     trainer = LocalTrainer(partial(build_model, "mlp", dataset.info))
     params, buffers = trainer.bound.params.clone(), trainer.bound.buffers.clone()
     task = Task(client_id=0, version=0, local_steps=5, hyper={"batch_size": 32, "lr": 0.05}, seed=4)
-    fresh = trainer.train(task, params, buffers, dataset.train)
+    fresh = trainer.run(task, params, buffers, dataset.train)
     assert fresh.payload.values.data_ptr() != params.data_ptr()
     owned = params.clone()
-    reused = trainer.train(task, owned, buffers, dataset.train, reuse_params=True)
+    reused = trainer.run(task, owned, buffers, dataset.train, reuse_params=True)
     assert reused.payload.values.data_ptr() == owned.data_ptr()
     assert torch.equal(reused.payload.values, fresh.payload.values)
     assert fresh.payload.values.abs().sum() > 0
@@ -31,6 +31,6 @@ def test_training_from_the_bound_storage_itself_still_measures_the_move() -> Non
     trainer = LocalTrainer(partial(build_model, "mlp", dataset.info))
     expected_start = trainer.bound.params.clone()
     task = Task(client_id=0, version=0, local_steps=3, hyper={"batch_size": 32, "lr": 0.05}, seed=2)
-    update = trainer.train(task, trainer.bound.params, trainer.bound.buffers, dataset.train)
+    update = trainer.run(task, trainer.bound.params, trainer.bound.buffers, dataset.train)
     assert torch.equal(update.payload.values, trainer.bound.params - expected_start)
     assert update.payload.values.abs().sum() > 0

@@ -71,6 +71,19 @@ class StreamingAccumulator:
         self.weight += weight
         self.count += 1
 
+    def add_sparse(self, positions: torch.Tensor, values: torch.Tensor, weight: float) -> None:
+        """Fold `weight * values` in at distinct `positions`: the same bits as `add` of the
+        dense vector that is zero elsewhere, reading only the non-zeros."""
+        if self._divided:
+            raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError("sparse fold needs 1-D positions and values of the same length")
+        total = self.sum
+        product = torch.mul(self._on_device(values), weight)
+        total.index_add_(0, positions.to(self.device), product)
+        self.weight += weight
+        self.count += 1
+
     def merge(self, other: StreamingAccumulator) -> None:
         """Fold another partial (sum, weight) in: the exact step of hierarchical aggregation."""
         if self._divided:

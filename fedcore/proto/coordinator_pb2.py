@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64\x63ore/proto/coordinator.proto\x12\nfedcore.v1\"\x96\x02\n\rDeviceProfile\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\r\n\x05\x63ores\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13\x64\x65vice_memory_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\x12;\n\tlibraries\x18\x08 \x03(\x0b\x32(.fedcore.v1.DeviceProfile.LibrariesEntry\x1a\x30\n\x0eLibrariesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12*\n\x07profile\x18\x02 \x01(\x0b\x32\x19.fedcore.v1.DeviceProfile\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x04\"g\n\tJoinReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fmodel_spec_json\x18\x03 \x01(\t\x12\x15\n\rclient_number\x18\x04 \x01(\r\"6\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"-\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"G\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05numel\x18\x03 \x01(\x04\"\xd5\x02\n\tTaskReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.fedcore.v1.TaskReply.Status\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0blocal_steps\x18\x05 \x01(\r\x12/\n\x05hyper\x18\x06 \x03(\x0b\x32 .fedcore.v1.TaskReply.HyperEntry\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x08 \x01(\x01\x12&\n\x06\x65xtras\x18\t \x03(\x0b\x32\x16.fedcore.v1.TensorSpec\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"&\n\x06Status\x12\x08\n\x04WAIT\x10\x00\x12\x08\n\x04TASK\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"[\n\x0f\x44ownloadRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\r\"\x1c\n\x0bTensorChunk\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"\xac\x02\n\x0cUploadHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x13\n\x0blocal_steps\x18\x06 \x01(\r\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\x12\x36\n\x07metrics\x18\t \x03(\x0b\x32%.fedcore.v1.UploadHeader.MetricsEntry\x12\x0f\n\x07payload\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"R\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedcore.v1.UploadHeaderH\x00\x12\x0f\n\x05\x66rame\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"\x0c\n\nLeaveReply2\x8f\x03\n\x0b\x43oordinator\x12\x36\n\x04Join\x12\x17.fedcore.v1.JoinRequest\x1a\x15.fedcore.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedcore.v1.HeartbeatRequest\x1a\x1a.fedcore.v1.HeartbeatReply\x12\x39\n\x07GetTask\x12\x17.fedcore.v1.TaskRequest\x1a\x15.fedcore.v1.TaskReply\x12G\n\rDownloadModel\x12\x1b.fedcore.v1.DownloadRequest\x1a\x17.fedcore.v1.TensorChunk0\x01\x12\x42\n\x0cUploadUpdate\x12\x17.fedcore.v1.UploadChunk\x1a\x17.fedcore.v1.UploadReply(\x01\x12\x39\n\x05Leave\x12\x18.fedcore.v1.LeaveRequest\x1a\x16.fedcore.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65\x64\x63ore/proto/coordinator.proto\x12\nfedcore.v1\"\x96\x02\n\rDeviceProfile\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\r\n\x05\x63ores\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1b\n\x13\x64\x65vice_memory_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\x12;\n\tlibraries\x18\x08 \x03(\x0b\x32(.fedcore.v1.DeviceProfile.LibrariesEntry\x1a\x30\n\x0eLibrariesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12*\n\x07profile\x18\x02 \x01(\x0b\x32\x19.fedcore.v1.DeviceProfile\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x04\"g\n\tJoinReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fmodel_spec_json\x18\x03 \x01(\t\x12\x15\n\rclient_number\x18\x04 \x01(\r\"6\n\x10HeartbeatRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"-\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"r\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x13\n\x0bholds_model\x18\x04 \x01(\x08\x12\x14\n\x0cheld_version\x18\x05 \x01(\x04\"~\n\tTransform\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x07options\x18\x02 \x03(\x0b\x32\".fedcore.v1.Transform.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05numel\x18\x03 \x01(\x04\"\x92\x03\n\tTaskReply\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.fedcore.v1.TaskReply.Status\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0blocal_steps\x18\x05 \x01(\r\x12/\n\x05hyper\x18\x06 \x03(\x0b\x32 .fedcore.v1.TaskReply.HyperEntry\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x08 \x01(\x01\x12&\n\x06\x65xtras\x18\t \x03(\x0b\x32\x16.fedcore.v1.TensorSpec\x12)\n\ntransforms\x18\n \x03(\x0b\x32\x15.fedcore.v1.Transform\x12\x10\n\x08\x64ownload\x18\x0b \x01(\t\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"&\n\x06Status\x12\x08\n\x04WAIT\x10\x00\x12\x08\n\x04TASK\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\"[\n\x0f\x44ownloadRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\r\"\x1c\n\x0bTensorChunk\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"\xcd\x02\n\x0cUploadHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x13\n\x0blocal_steps\x18\x06 \x01(\r\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x08 \x01(\x01\x12\x36\n\x07metrics\x18\t \x03(\x0b\x32%.fedcore.v1.UploadHeader.MetricsEntry\x12\x0f\n\x07payload\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"R\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedcore.v1.UploadHeaderH\x00\x12\x0f\n\x05\x66rame\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x0cLeaveRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"\x0c\n\nLeaveReply2\x8f\x03\n\x0b\x43oordinator\x12\x36\n\x04Join\x12\x17.fedcore.v1.JoinRequest\x1a\x15.fedcore.v1.JoinReply\x12\x45\n\tHeartbeat\x12\x1c.fedcore.v1.HeartbeatRequest\x1a\x1a.fedcore.v1.HeartbeatReply\x12\x39\n\x07GetTask\x12\x17.fedcore.v1.TaskRequest\x1a\x15.fedcore.v1.TaskReply\x12G\n\rDownloadModel\x12\x1b.fedcore.v1.DownloadRequest\x1a\x17.fedcore.v1.TensorChunk0\x01\x12\x42\n\x0cUploadUpdate\x12\x17.fedcore.v1.UploadChunk\x1a\x17.fedcore.v1.UploadReply(\x01\x12\x39\n\x05Leave\x12\x18.fedcore.v1.LeaveRequest\x1a\x16.fedcore.v1.LeaveReplyb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcore.proto.coordinator_pb2', globals())
@@ -22,6 +22,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _DEVICEPROFILE_LIBRARIESENTRY._options = None
   _DEVICEPROFILE_LIBRARIESENTRY._serialized_options = b'8\001'
+  _TRANSFORM_OPTIONSENTRY._options = None
+  _TRANSFORM_OPTIONSENTRY._serialized_options = b'8\001'
   _TASKREPLY_HYPERENTRY._options = None
   _TASKREPLY_HYPERENTRY._serialized_options = b'8\001'
   _UPLOADHEADER_METRICSENTRY._options = None
@@ -39,31 +41,35 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _HEARTBEATREPLY._serialized_start=589
   _HEARTBEATREPLY._serialized_end=634
   _TASKREQUEST._serialized_start=636
-  _TASKREQUEST._serialized_end=707
-  _TENSORSPEC._serialized_start=709
-  _TENSORSPEC._serialized_end=765
-  _TASKREPLY._serialized_start=768
-  _TASKREPLY._serialized_end=1109
-  _TASKREPLY_HYPERENTRY._serialized_start=1025
-  _TASKREPLY_HYPERENTRY._serialized_end=1069
-  _TASKREPLY_STATUS._serialized_start=1071
-  _TASKREPLY_STATUS._serialized_end=1109
-  _DOWNLOADREQUEST._serialized_start=1111
-  _DOWNLOADREQUEST._serialized_end=1202
-  _TENSORCHUNK._serialized_start=1204
-  _TENSORCHUNK._serialized_end=1232
-  _UPLOADHEADER._serialized_start=1235
-  _UPLOADHEADER._serialized_end=1535
-  _UPLOADHEADER_METRICSENTRY._serialized_start=1489
-  _UPLOADHEADER_METRICSENTRY._serialized_end=1535
-  _UPLOADCHUNK._serialized_start=1537
-  _UPLOADCHUNK._serialized_end=1619
-  _UPLOADREPLY._serialized_start=1621
-  _UPLOADREPLY._serialized_end=1668
-  _LEAVEREQUEST._serialized_start=1670
-  _LEAVEREQUEST._serialized_end=1720
-  _LEAVEREPLY._serialized_start=1722
-  _LEAVEREPLY._serialized_end=1734
-  _COORDINATOR._serialized_start=1737
-  _COORDINATOR._serialized_end=2136
+  _TASKREQUEST._serialized_end=750
+  _TRANSFORM._serialized_start=752
+  _TRANSFORM._serialized_end=878
+  _TRANSFORM_OPTIONSENTRY._serialized_start=832
+  _TRANSFORM_OPTIONSENTRY._serialized_end=878
+  _TENSORSPEC._serialized_start=880
+  _TENSORSPEC._serialized_end=936
+  _TASKREPLY._serialized_start=939
+  _TASKREPLY._serialized_end=1341
+  _TASKREPLY_HYPERENTRY._serialized_start=1257
+  _TASKREPLY_HYPERENTRY._serialized_end=1301
+  _TASKREPLY_STATUS._serialized_start=1303
+  _TASKREPLY_STATUS._serialized_end=1341
+  _DOWNLOADREQUEST._serialized_start=1343
+  _DOWNLOADREQUEST._serialized_end=1434
+  _TENSORCHUNK._serialized_start=1436
+  _TENSORCHUNK._serialized_end=1464
+  _UPLOADHEADER._serialized_start=1467
+  _UPLOADHEADER._serialized_end=1800
+  _UPLOADHEADER_METRICSENTRY._serialized_start=1754
+  _UPLOADHEADER_METRICSENTRY._serialized_end=1800
+  _UPLOADCHUNK._serialized_start=1802
+  _UPLOADCHUNK._serialized_end=1884
+  _UPLOADREPLY._serialized_start=1886
+  _UPLOADREPLY._serialized_end=1933
+  _LEAVEREQUEST._serialized_start=1935
+  _LEAVEREQUEST._serialized_end=1985
+  _LEAVEREPLY._serialized_start=1987
+  _LEAVEREPLY._serialized_end=1999
+  _COORDINATOR._serialized_start=2002
+  _COORDINATOR._serialized_end=2401
 # @@protoc_insertion_point(module_scope)

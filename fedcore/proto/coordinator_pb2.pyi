@@ -96,7 +96,7 @@ class LeaveRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class TaskReply(_message.Message):
-    __slots__ = ["deadline_seconds", "extras", "hyper", "kind", "local_steps", "seed", "status", "task_id", "version"]
+    __slots__ = ["deadline_seconds", "download", "extras", "hyper", "kind", "local_steps", "seed", "status", "task_id", "transforms", "version"]
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = []
     class HyperEntry(_message.Message):
@@ -108,6 +108,7 @@ class TaskReply(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DONE: TaskReply.Status
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_FIELD_NUMBER: _ClassVar[int]
     HYPER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -116,9 +117,11 @@ class TaskReply(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASK: TaskReply.Status
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WAIT: TaskReply.Status
     deadline_seconds: float
+    download: str
     extras: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     hyper: _containers.ScalarMap[str, float]
     kind: str
@@ -126,18 +129,23 @@ class TaskReply(_message.Message):
     seed: int
     status: TaskReply.Status
     task_id: str
+    transforms: _containers.RepeatedCompositeFieldContainer[Transform]
     version: int
-    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., extras: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., extras: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., download: _Optional[str] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
-    __slots__ = ["client_id", "session", "wait_seconds"]
+    __slots__ = ["client_id", "held_version", "holds_model", "session", "wait_seconds"]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_MODEL_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
+    held_version: int
+    holds_model: bool
     session: str
     wait_seconds: float
-    def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., holds_model: bool = ..., held_version: _Optional[int] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ["frame"]
@@ -155,6 +163,21 @@ class TensorSpec(_message.Message):
     numel: int
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., numel: _Optional[int] = ...) -> None: ...
 
+class Transform(_message.Message):
+    __slots__ = ["name", "options"]
+    class OptionsEntry(_message.Message):
+        __slots__ = ["key", "value"]
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    options: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class UploadChunk(_message.Message):
     __slots__ = ["frame", "header"]
     FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -164,7 +187,7 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., frame: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ["base_version", "client_id", "compute_seconds", "local_steps", "metrics", "num_examples", "payload", "session", "task_id", "wall_seconds"]
+    __slots__ = ["base_version", "client_id", "compute_seconds", "count", "encoding", "local_steps", "metrics", "num_examples", "payload", "session", "task_id", "wall_seconds"]
     class MetricsEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +198,8 @@ class UploadHeader(_message.Message):
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +210,8 @@ class UploadHeader(_message.Message):
     base_version: int
     client_id: str
     compute_seconds: float
+    count: int
+    encoding: str
     local_steps: int
     metrics: _containers.ScalarMap[str, float]
     num_examples: int
@@ -192,7 +219,7 @@ class UploadHeader(_message.Message):
     session: str
     task_id: str
     wall_seconds: float
-    def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ..., task_id: _Optional[str] = ..., base_version: _Optional[int] = ..., num_examples: _Optional[int] = ..., local_steps: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., payload: _Optional[str] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ..., task_id: _Optional[str] = ..., base_version: _Optional[int] = ..., num_examples: _Optional[int] = ..., local_steps: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., payload: _Optional[str] = ..., count: _Optional[int] = ..., encoding: _Optional[str] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ["accepted", "reason"]

@@ -1,0 +1,123 @@
+"""The one local SGD loop every gradient technique runs, over flat parameters.
+
+Loading weights, weight decay, a technique's gradient term (FedProx's proximal pull), momentum
+and the step are each one tensor op on the flat vectors of a `BoundModule`. Techniques change
+the loss (`loss`) or add to the gradient (`adjust`), never the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedcore.data.split import Split
+from fedcore.params import BoundModule
+from fedcore.records import Task, Update, delta_update
+from fedcore.typed_config import require
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: adjust(grad, params, start): add a technique's term to the flat gradient in place.
+Adjust = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class SGDParams:
+    """Local SGD: steps are `Task.local_steps`, or `epochs` over the client's examples when > 0."""
+
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0", self.lr)
+        require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        require(self.epochs >= 0, "epochs", "must be >= 0", self.epochs)
+
+
+def planned_steps(local_steps: int, params: SGDParams, num_examples: int) -> int:
+    """Local steps a task asks for: `local_steps`, or epochs over the client's examples."""
+    if params.epochs <= 0:
+        return local_steps
+    batch_size = max(1, min(params.batch_size, num_examples))
+    return math.ceil(params.epochs * num_examples / batch_size)
+
+
+def task_batches(task: Task, params: SGDParams, num_examples: int) -> list[torch.Tensor]:
+    """The minibatches (example numbers) a training task walks, drawn from its seed."""
+    batch_size = min(params.batch_size, num_examples)
+    generator = torch.Generator().manual_seed(task.seed)
+    steps = planned_steps(task.local_steps, params, num_examples)
+    per_epoch = max(1, num_examples // batch_size)
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        order = torch.randperm(num_examples, generator=generator)
+        batches.extend(order[i * batch_size : (i + 1) * batch_size] for i in range(per_epoch))
+    return batches[:steps]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The plain training loss."""
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def run_sgd(
+    bound: BoundModule,
+    velocity: Callable[[], torch.Tensor],
+    task: Task,
+    params: SGDParams,
+    model: tuple[torch.Tensor, torch.Tensor],
+    data: Split,
+    *,
+    reuse_model: bool,
+    loss: Loss = cross_entropy,
+    adjust: Adjust | None = None,
+) -> Update:
+    """Local SGD from `model` on `data`; the Update holds the delta and the mean train loss.
+    `velocity()` gives a zeroed momentum buffer (asked for only when momentum is on)."""
+    if len(data) == 0:
+        raise ValueError(f"client {task.client_id} has no training examples")
+    started = time.perf_counter()
+    device = bound.params.device
+    start = model[0].to(device)  # published models are never modified: no copy needed
+    if start.data_ptr() == bound.params.data_ptr():
+        start = start.clone()
+    bound.load(start, model[1].to(device))
+    batches = task_batches(task, params, len(data))
+    moving = velocity() if params.momentum else None
+    bound.module.train()
+    loss_sum = torch.zeros((), device=device)
+    for indices in batches:
+        x, y = data.batch(indices)
+        bound.grads.zero_()
+        value = loss(bound.module(x.to(device)), y.to(device))
+        value.backward()
+        loss_sum += value.detach()
+        grad = bound.grads
+        if params.weight_decay:
+            grad.add_(bound.params, alpha=params.weight_decay)
+        if adjust is not None:
+            adjust(grad, bound.params, start)
+        if moving is not None:
+            grad = moving.mul_(params.momentum).add_(grad)
+        with torch.no_grad():
+            bound.params.add_(grad, alpha=-params.lr)
+    return delta_update(
+        task,
+        start,
+        bound.params,
+        bound.read_buffers(),
+        num_examples=len(data),
+        steps=len(batches),
+        seconds=time.perf_counter() - started,
+        metrics={"train_loss": float(loss_sum) / max(1, len(batches))},
+        reuse_start=reuse_model,
+    )

@@ -1,0 +1,24 @@
+"""Client techniques, one module each (`base.py` has the contract). Importing this package
+registers the built-ins: sgd, fedprox, fedld, anchor and miner (FedAMD), evaluate."""
+
+from fedcore.clients.techniques import evaluate, fedamd, fedld, fedprox, sgd
+from fedcore.clients.techniques.base import (
+    TECHNIQUES,
+    TaskError,
+    Technique,
+    register,
+    technique_type,
+)
+
+__all__ = [
+    "TECHNIQUES",
+    "TaskError",
+    "Technique",
+    "evaluate",
+    "fedamd",
+    "fedld",
+    "fedprox",
+    "register",
+    "sgd",
+    "technique_type",
+]

@@ -1,0 +1,292 @@
+"""The gRPC face of the coordinator: authenticates every call, then feeds events in.
+
+Every handler is a coroutine on the server's one asyncio loop, as are the timers and the
+liveness watch, so the coordinator and the strategy run single-threaded exactly as in
+simulation. Tasks and updates cross the wire through `fedcore/messages.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from fedcore.certs import peer_client_id
+from fedcore.messages import (
+    HELD,
+    download_frames,
+    task_reply,
+    update_from_upload,
+    upload_layout,
+)
+from fedcore.proto import coordinator_pb2 as pb
+from fedcore.proto import coordinator_pb2_grpc as pb_grpc
+from fedcore.rpc import DOWNLOAD_FRAME_FIELD, frame_message
+from fedcore.serialization import DEFAULT_CHUNK_BYTES, FrameError
+from fedcore.server.coordinator import Coordinator
+from fedcore.server.registry import ClientSlot, Parked, Registry
+from fedcore.wire import VectorAssembler
+
+MAX_CHUNK_BYTES = DEFAULT_CHUNK_BYTES
+
+
+class Refusal(Exception):
+    """An RPC refused for a reason the caller must see, with its gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    """The coordinator service's RPCs over a registry of enrolled clients."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        registry: Registry,
+        now: Callable[[], float],
+        heartbeat_seconds: float,
+        spool_dir: Path | None = None,
+        spool_bytes: int = 0,
+    ) -> None:
+        self.coordinator = coordinator
+        self.registry = registry
+        self.now = now
+        self.spool_dir = spool_dir
+        self.spool_bytes = spool_bytes
+        self.heartbeat_seconds = heartbeat_seconds
+        self.bytes_down = 0
+        self.bytes_up = 0
+        layout = coordinator.layout
+        self.spec_json = json.dumps(
+            {"params": layout.params.to_json(), "buffers": layout.buffers.to_json()}
+        )
+
+    # -- authentication ------------------------------------------------------------------------
+    def _identify(
+        self, context: grpc.aio.ServicerContext, claimed: str, session: str | None
+    ) -> ClientSlot:
+        try:
+            identity = peer_client_id(context.auth_context())
+        except Exception:
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "no client certificate identity"
+            ) from None
+        numbers = self.registry.numbers
+        if identity not in numbers:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"client {identity!r} is not enrolled")
+        if claimed != identity:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate belongs to {identity!r}, request claims {claimed!r}",
+            )
+        slot = self.registry.slots[numbers[identity]]
+        if session is not None and session != slot.session:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "unknown session: join again")
+        slot.last_seen = self.now()
+        return slot
+
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, claimed: str, session: str | None
+    ) -> ClientSlot:
+        """The caller's slot, or the RPC aborted with the refusal's status and reason."""
+        try:
+            return self._identify(context, claimed, session)
+        except Refusal as refusal:
+            await context.abort(refusal.code, str(refusal))
+            raise  # context.abort has already raised; this only tells type checkers
+
+    # -- RPCs ------------------------------------------------------------------------------------
+    async def Join(
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinReply:
+        """Register a (re)connecting client and make it available to the strategy."""
+        slot = await self._authenticate(context, request.client_id, None)
+        if slot.session:
+            self.coordinator.client_gone(slot.number)
+        slot.forget()
+        slot.session = secrets.token_hex(16)
+        slot.profile = {
+            "architecture": request.profile.architecture,
+            "device": request.profile.device_type,
+            "device_name": request.profile.device_name,
+            "cores": request.profile.cores,
+            "memory_bytes": request.profile.memory_bytes,
+            "step_seconds": request.profile.step_seconds,
+            "libraries": dict(request.profile.libraries),
+            "examples": request.num_examples,
+        }
+        self.coordinator.ledger.record(
+            "join", client=slot.number, name=request.client_id, profile=slot.profile
+        )
+        self.registry.changed.set()
+        if slot.number not in self.coordinator.outstanding:
+            self.coordinator.client_idle(slot.number)
+        return pb.JoinReply(
+            session=slot.session,
+            heartbeat_seconds=self.heartbeat_seconds,
+            model_spec_json=self.spec_json,
+            client_number=slot.number,
+        )
+
+    async def Heartbeat(
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.HeartbeatReply:
+        """Refresh liveness."""
+        try:
+            slot = self._identify(context, request.client_id, request.session)
+        except Refusal as refusal:
+            if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
+                await context.abort(refusal.code, str(refusal))
+            return pb.HeartbeatReply(known=False)
+        slot.told_done = self._done(slot)
+        return pb.HeartbeatReply(known=True, done=slot.told_done)
+
+    def _done(self, slot: ClientSlot) -> bool:
+        """Training is over and nothing is parked for this client (an evaluation of the last
+        model still goes out first)."""
+        return self.coordinator.finished and slot.next_task() is None
+
+    async def GetTask(
+        self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TaskReply:
+        """Long-poll for the client's next task (at most `wait_seconds`, capped at 30 s)."""
+        slot = await self._authenticate(context, request.client_id, request.session)
+        slot.held_version = request.held_version if request.holds_model else None
+        if slot.next_task() is None and not self.coordinator.finished:
+            slot.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.wake.wait(), timeout=min(30.0, request.wait_seconds))
+        parked = slot.next_task()
+        if parked is None:
+            if self.coordinator.finished:
+                slot.told_done = True
+                return pb.TaskReply(status=pb.TaskReply.DONE)
+            return pb.TaskReply(status=pb.TaskReply.WAIT)
+        task = parked.task
+        deadline = 0.0 if task.deadline is None else max(0.0, task.deadline - self.now())
+        return task_reply(task, parked.task_id, deadline, self._download(slot, parked))
+
+    @staticmethod
+    def _download(slot: ClientSlot, parked: Parked) -> str:
+        """What a task's download sends: nothing of the model when the client holds it."""
+        task = parked.task
+        return (
+            HELD if task.download == "full" and slot.held_version == task.version else task.download
+        )
+
+    async def DownloadModel(
+        self,
+        request: pb.DownloadRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        """Stream what the named task starts from, in bounded chunks."""
+        slot = await self._authenticate(context, request.client_id, request.session)
+        parked = slot.parked(request.task_id)
+        if parked is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such task for this client")
+            return
+        chunk = min(MAX_CHUNK_BYTES, request.chunk_bytes or MAX_CHUNK_BYTES)
+        model = parked.model
+        frames = download_frames(
+            parked.task,
+            model.params,
+            model.buffers,
+            self._download(slot, parked),
+            chunk,
+            model.chunk_digests(chunk),
+        )
+        for parts in frames:
+            message = frame_message(DOWNLOAD_FRAME_FIELD, parts)
+            self.bytes_down += len(message)
+            yield message
+
+    async def UploadUpdate(
+        self,
+        request_iterator: AsyncIterator[pb.UploadHeader | memoryview],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadReply:
+        """Reassemble, validate and deliver one update or evaluation; refusals name their
+        reason in the reply and the ledger, and close the task."""
+        try:
+            header = await anext(aiter(request_iterator), None)
+        except FrameError as error:
+            header = None
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {error}")
+        if not isinstance(header, pb.UploadHeader):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "upload must start with its header"
+            )
+            raise AssertionError
+        try:
+            slot = self._identify(context, header.client_id, header.session)
+            parked = slot.parked(header.task_id)
+            if parked is None:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "upload names no outstanding task of this client (replayed or stale)",
+                )
+        except Refusal as refusal:
+            self.coordinator.ledger.record("refused", client=header.client_id, reason=str(refusal))
+            await context.abort(refusal.code, str(refusal))
+            raise  # context.abort has already raised; this only tells type checkers
+        slot.take(parked)
+        task, evaluation = parked.task, parked.task.technique == "evaluate"
+        assembler: VectorAssembler | None = None
+        try:
+            expected = upload_layout(header, self.coordinator.layout, task.local_steps)
+            assembler = VectorAssembler(expected, self.spool_dir, self.spool_bytes)
+            async for part in request_iterator:
+                if not isinstance(part, memoryview):
+                    raise FrameError("a second header inside one upload")
+                self.bytes_up += len(part)
+                assembler.add(part)
+            vectors = assembler.result()
+        except FrameError as error:
+            if assembler is not None:
+                assembler.discard()
+            reason = f"malformed upload: {error}"
+            if evaluation:
+                self.coordinator.ledger.record("rejected", client=slot.number, reason=reason)
+                self.coordinator.evaluation_lost(task)
+            else:
+                self.coordinator.refuse(task, reason)
+                self._return(slot)
+            return pb.UploadReply(accepted=False, reason=reason)
+        update = update_from_upload(header, slot.number, vectors)
+        if evaluation:
+            reason = self.coordinator.receive_evaluation(update)
+        else:
+            reason = self.coordinator.receive(update, then_idle=bool(slot.session))
+            self._return(slot)
+        return pb.UploadReply(accepted=reason is None, reason=reason or "")
+
+    async def Leave(
+        self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaveReply:
+        """A client says goodbye; its outstanding task, if any, is lost."""
+        slot = await self._authenticate(context, request.client_id, request.session)
+        slot.forget()
+        self.coordinator.client_gone(slot.number)
+        self.registry.changed.set()
+        return pb.LeaveReply()
+
+    def _return(self, slot: ClientSlot) -> None:
+        """A connected client whose task is over is idle (unless the coordinator made it so)."""
+        number = slot.number
+        coordinator = self.coordinator
+        if (
+            slot.session
+            and number not in coordinator.outstanding
+            and number not in coordinator.idle_clients()
+        ):
+            coordinator.client_idle(number)
