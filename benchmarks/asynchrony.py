@@ -121,7 +121,7 @@ def run_one(method: str, seed: int, setting: Setting) -> dict[str, Any]:
     simulation = Simulation(experiment, config)
     evaluator = Evaluator(
         Scorer(experiment.build_model, experiment.layout),
-        experiment.federation,
+        experiment.federation.dataset.test,
         experiment.config.evaluation,
         seed,
     )

@@ -110,6 +110,8 @@ class ClientAgent:
         self.server_done = threading.Event()
         #: Updates the server accepted, over every session of this run.
         self.accepted = 0
+        #: Federated evaluations the server accepted.
+        self.evaluations = 0
         #: The last downloaded model's tensors, refilled by the next download (tasks run one at
         #: a time), and the version they hold while a task has not overwritten them.
         self._model_memory: dict[str, torch.Tensor] = {}
@@ -256,10 +258,15 @@ class ClientAgent:
             task, params, buffers = self._download(stub, reply)
             update = self._train(task, params, buffers, self._data(task))
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
-            self.accepted += int(result.accepted)
+            evaluation = update.payload is None
+            if evaluation:
+                self.evaluations += int(result.accepted)
+            else:
+                self.accepted += int(result.accepted)
             if not result.accepted:
+                what = "evaluation" if evaluation else "update"
                 print(
-                    f"fedcore client {self.settings.client_id}: update refused: {result.reason}",
+                    f"fedcore client {self.settings.client_id}: {what} refused: {result.reason}",
                     flush=True,
                 )
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fedcore.clients.techniques import TaskError
 from fedcore.clients.trainer import expected_payload
 from fedcore.params import ModelLayout
 from fedcore.records import Task, Update, describe
@@ -179,7 +180,7 @@ class Coordinator:
             raise RuntimeError(f"strategy dispatched to client {task.client_id}, which is not idle")
         if task.version != self._model.version:
             raise RuntimeError(f"task for version {task.version}, current is {self._model.version}")
-        self._expected[task.client_id] = expected_payload(task)
+        self._expected[task.client_id] = self._payload_of(task)
         self._idle.discard(task.client_id)
         self.outstanding[task.client_id] = task
         self.driver.send(task, self._hold(task.version))
@@ -368,6 +369,17 @@ class Coordinator:
         del self.outstanding[task.client_id]
         del self._expected[task.client_id]
         self._release(task.version)
+
+    def _payload_of(self, task: Task) -> str:
+        """The payload kind `task`'s upload must carry, which the strategy must take."""
+        kind = expected_payload(task)
+        if kind not in self.strategy.payloads:
+            raise TaskError(
+                f"training.technique: strategy {self.strategy.name} takes "
+                f"{' or '.join(self.strategy.payloads)} payloads; technique {task.technique!r} "
+                f"with its transforms sends {kind}"
+            )
+        return kind
 
     def _hold(self, version: int) -> GlobalModel:
         """The model of `version` (the current one), kept until every task on it is over."""

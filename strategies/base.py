@@ -131,6 +131,8 @@ class Strategy(ABC):
     name = "strategy"
     #: Updates more than this many versions old are refused by the runtime as expired.
     max_staleness: int | None = 0
+    #: Payload kinds this strategy can aggregate (`fedcore/payloads.py`).
+    payloads: tuple[str, ...] = ("dense", "sparse")
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)

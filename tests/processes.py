@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -28,12 +29,18 @@ def spawn(
     return process
 
 
-def fedcore(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def fedcore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start `python -m fedcore.cli ARGS`."""
-    return spawn([sys.executable, "-m", "fedcore.cli", *args], cwd)
+    return spawn([sys.executable, "-m", "fedcore.cli", *args], cwd, env)
 
 
-def start_server(root: Path, *overrides: str) -> subprocess.Popen[str]:
+#: The environment of processes that load plug-ins from this repository's `tests.plugins`.
+PLUGIN_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
+def start_server(
+    root: Path, *overrides: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """`fedcore server OVERRIDES` with the certificates under root/certs and its run directory at
     root/run."""
     return fedcore(
@@ -42,6 +49,7 @@ def start_server(root: Path, *overrides: str) -> subprocess.Popen[str]:
         f"deployment.certs={root / 'certs'}",
         f"hydra.run.dir={root / 'run'}",
         cwd=root,
+        env=env,
     )
 
 
@@ -112,9 +120,11 @@ def make_certs(root: Path, clients: int) -> Path:
     return certs
 
 
-def client(root: Path, port: int, number: int, *extra: str) -> subprocess.Popen[str]:
+def client(
+    root: Path, port: int, number: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """`fedcore client` number `number` with the run's config, against localhost:`port`."""
-    return fedcore("client", *client_args(root, port, number), *extra, cwd=root)
+    return fedcore("client", *client_args(root, port, number), *extra, cwd=root, env=env)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

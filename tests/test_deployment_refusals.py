@@ -139,7 +139,7 @@ def _next_task(stub, session: str) -> pb.TaskReply:
 
 
 def _upload(
-    stub, session, task, frames: list[bytes], examples: int = 10, version_lag: int = 0
+    stub, session, task, size: int, frames: list[bytes], examples: int = 10, version_lag: int = 0
 ) -> pb.UploadReply:
     header = pb.UploadHeader(
         client_id="client-2",
@@ -148,6 +148,7 @@ def _upload(
         base_version=task.version - version_lag,
         num_examples=examples,
         payload="dense",
+        count=size,
     )
     parts = [pb.UploadChunk(header=header), *(pb.UploadChunk(frame=f) for f in frames)]
     return stub.UploadUpdate(iter(parts), timeout=30)
@@ -185,7 +186,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     ]
     for bad, examples, reason in cases:
         task = _next_task(stub, joined.session)
-        reply = _upload(stub, joined.session, task, bad, examples)
+        reply = _upload(stub, joined.session, task, size, bad, examples)
         assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
 
     garbled = _channel(port, root / "certs", "client-2").stream_unary(
@@ -212,10 +213,12 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     assert "malformed upload" in error.value.details()
 
     task = _next_task(stub, joined.session)
-    assert _upload(stub, joined.session, task, frames(delta=torch.full((size,), 0.01))).accepted
+    assert _upload(
+        stub, joined.session, task, size, frames(delta=torch.full((size,), 0.01))
+    ).accepted
     task = _next_task(stub, joined.session)
     assert task.version >= 1
-    stale = _upload(stub, joined.session, task, frames(), version_lag=1)
+    stale = _upload(stub, joined.session, task, size, frames(), version_lag=1)
     assert not stale.accepted and "based on version" in stale.reason
     cases.append((frames(), 10, "stale"))
 
@@ -224,9 +227,9 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     model = b"".join(c.frame for c in stub.DownloadModel(request, timeout=30))
     params = torch.cat([t for name, t in decode_stream(model) if name == "params"])
     assert torch.isfinite(params).all() and params.abs().max() > 0, "the model stays finite"
-    assert _upload(stub, joined.session, task, frames()).accepted
+    assert _upload(stub, joined.session, task, size, frames()).accepted
     with pytest.raises(grpc.RpcError) as error:
-        _upload(stub, joined.session, task, frames())
+        _upload(stub, joined.session, task, size, frames())
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "replayed" in error.value.details()
 

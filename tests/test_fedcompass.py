@@ -162,7 +162,7 @@ def test_late_updates_count_with_alpha_staleness_and_share_and_buffers_take_the_
 
 
 def test_federation_weighting_is_one_over_the_number_of_clients():
-    strategy, ctx = _compass(8, {}, weighting="federation")
+    strategy, _ = _compass(8, {}, weighting="federation")
     entries = [Buffered(c, torch.ones(P), None, 10 * (c + 1), 10, 0) for c in range(3)]
     assert strategy.shares(entries) == [1 / 8] * 3
     assert strategy.coefficients(entries) == pytest.approx([0.9 / 8] * 3)

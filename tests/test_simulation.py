@@ -1,12 +1,14 @@
 """The simulation runtime end to end: FedAvg against an independent computation, determinism,
 lazy clients, dropouts and worker pools."""
 
+import pytest
 import torch
 
 from fedcore.clients.trainer import LocalTrainer
+from fedcore.records import Task
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
-from fedcore.server.simulation import Simulation, simulate
+from fedcore.server.simulation import EventKind, Simulation, simulate
 from tests.conftest import FAST, composed
 from tests.harness import record_sends
 
@@ -104,3 +106,56 @@ def test_spawn_worker_pool_matches_in_process_training():
     pooled = simulate(config, None)
     in_process = simulate(composed(*FAST, "rounds=2"), None)
     assert abs(pooled["final"]["test_loss"] - in_process["final"]["test_loss"]) < 1e-4
+
+
+def _upload_seconds(*overrides: str) -> tuple[float, int]:
+    """Seconds from the end of local work to the arrival of the one task of a one-round run on a
+    slow link (0.5 Mbit/s, no latency, fast steps), and the bytes it uploaded."""
+    config = composed(
+        *FAST,
+        "rounds=1",
+        "clients_per_round=1",
+        "client_profiles=uniform",
+        "client_profiles.bandwidth_mbps=0.5",
+        "client_profiles.latency_seconds=0",
+        "client_profiles.step_seconds=0.001",
+        *overrides,
+    )
+    simulation = Simulation(make_experiment(config), config)
+    events: dict[EventKind, float] = {}
+    push = simulation._push
+
+    def record(at: float, kind: EventKind, client: int = -1, key: str = "") -> None:
+        events[kind] = at
+        push(at, kind, client, key)
+
+    simulation._push = record
+    result = simulation.run()
+    return events[EventKind.ARRIVAL] - events[EventKind.WORKED], result.bytes_up
+
+
+def test_uploads_take_the_time_of_the_bytes_they_really_carry():
+    dense_seconds, dense_bytes = _upload_seconds()
+    sparse_seconds, sparse_bytes = _upload_seconds(
+        "training.transforms=[{name: topk, fraction: 0.05}]"
+    )
+    assert sparse_bytes <= 0.1 * dense_bytes, "a top-5% upload carries under 10% of the bytes"
+    assert dense_seconds >= 5 * sparse_seconds
+    assert dense_seconds == pytest.approx(dense_bytes * 8 / 0.5e6)
+
+
+def test_a_client_holding_the_version_is_not_sent_it_again():
+    config = composed(*FAST, "rounds=1")
+    experiment = make_experiment(config)
+    simulation = Simulation(experiment, config)
+    model = experiment.initial_model()
+    task = Task(client_id=3, version=0, hyper={"lr": 0.1})
+    layout = experiment.layout
+    assert simulation._download_bytes(task, model) == layout.params.nbytes + layout.buffers.nbytes
+    assert simulation._download_bytes(task, model) == 0, "client 3 holds version 0 now"
+    mask = torch.zeros(layout.params.numel, dtype=torch.bool)
+    mask[:100] = True
+    masked = Task(client_id=4, version=0, extras={"mask": mask}, download="masked")
+    expected = (layout.params.numel + 7) // 8 + 100 * 4 + layout.buffers.nbytes
+    assert simulation._download_bytes(masked, model) == expected
+    assert simulation.held.get(4) is None, "a masked sub-model is not the whole version"

@@ -1,0 +1,1 @@
+"""Plug-ins that tests load through the `plugins` config key, as a user's own modules would be."""
