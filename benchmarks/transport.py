@@ -207,6 +207,7 @@ def _update_stream(
             num_examples=100,
             local_steps=1,
             payload="dense",
+            count=params,
         )
     )
     chunk = torch.full((CHUNK // 4,), 1e-4)

@@ -8,6 +8,7 @@ No Hydra import: clients on minimal stacks use this too.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -106,7 +107,7 @@ def _dataclass(cls: type, value: Any, path: str) -> Any:
     except ValueError as exc:
         message = str(exc)
         field, _, reason = message.partition(": ")
-        if field in fields and reason:
+        if re.split(r"[.\[]", field, maxsplit=1)[0] in fields and reason:
             raise ConfigError(f"{path + '.' if path else ''}{message}") from None
         raise ConfigError(f"{_where(path)}: {message}") from None
 

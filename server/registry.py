@@ -103,10 +103,17 @@ class Registry:
     async def watch_liveness(
         self, timeout: float, now: Callable[[], float], gone: Callable[[int], None]
     ) -> None:
-        """Declare clients gone (calling `gone(number)`) when their heartbeats stop."""
+        """Declare clients gone (calling `gone(number)`) when their heartbeats stop. A check that
+        wakes late means the loop itself was blocked (a long aggregation): heartbeats that came
+        meanwhile are still queued, so that check judges nobody."""
+        interval = min(1.0, timeout / 3)
+        previous = now()
         while True:
-            await asyncio.sleep(min(1.0, timeout / 3))
+            await asyncio.sleep(interval)
             moment = now()
+            stalled, previous = moment - previous > 2 * interval, moment
+            if stalled:
+                continue
             for slot in self.slots.values():
                 if slot.session and moment - slot.last_seen > timeout:
                     slot.forget()

@@ -41,14 +41,30 @@ def test_issue_example_overrides_compose():
         (["rounds=0"], "rounds: must be >= 1"),
         (["strategy=fedprox", "strategy.mu=-0.1"], "strategy.mu: must be >= 0"),
         (["strategy=fedprox", "strategy.mu=abc"], "strategy.mu: expected float, got 'abc'"),
-        (["strategy=fedadam", "strategy.beta1=1.5"], "strategy.beta1: must be in [0, 1)"),
+        (
+            ["strategy=fedadam", "strategy.server_step.beta1=1.5"],
+            "strategy.server_step.beta1: must be in [0, 1)",
+        ),
+        (
+            ["strategy=fedbuff", "strategy.server_step.name=nesterov"],
+            "strategy.server_step.name: must be one of",
+        ),
+        (["training.lr=inf"], "training.lr: must be finite and > 0"),
+        (
+            ["training.transforms=[{max_norm: 1}]"],
+            "training.transforms[0].name: must name an update transform",
+        ),
+        (
+            ["training.transforms=[{name: clip, max_norm: nan}]"],
+            "training.transforms[0].max_norm: must be a finite number",
+        ),
         (
             ["strategy=fedasync", "strategy.staleness.function=linear"],
             "strategy.staleness.function",
         ),
         (["strategy.name=fedmagic"], "strategy.name: must be one of"),
         (["partition.scheme=random"], "partition.scheme: must be one of"),
-        (["training.lr=0"], "training.lr: must be > 0"),
+        (["training.lr=0"], "training.lr: must be finite and > 0"),
         (["training.batch_size=0"], "training.batch_size: must be >= 1"),
         (["client_profiles.availability=0"], "client_profiles.availability: must be in (0, 1]"),
         (["client_profiles.speed=tiers"], "client_profiles.tiers: must list at least one tier"),

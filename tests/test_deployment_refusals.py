@@ -203,6 +203,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         num_examples=10,
         local_steps=1,
         payload="dense",
+        count=size,
     )
     reply = garbled(iter([pb.UploadChunk(header=header).SerializeToString(), b"\xff" * 11]))
     assert not reply.accepted and "message is not a UploadChunk" in reply.reason, reply.reason

@@ -76,5 +76,10 @@ def test_a_client_trains_on_its_own_data_in_a_deployment(tmp_path: Path) -> None
     accepted = [
         e for e in read_ledger(tmp_path / "run" / "ledger.jsonl") if e["event"] == "accepted"
     ]
-    assert [e["examples"] for e in accepted if e["client"] == 1] == [60, 60]
-    assert all(e["examples"] != 60 for e in accepted if e["client"] == 0)
+    # 60 own examples: the partition's hold-out share (10%, 6) is kept for evaluation.
+    assert [e["examples"] for e in accepted if e["client"] == 1] == [54, 54]
+    assert all(e["examples"] != 54 for e in accepted if e["client"] == 0)
+    evaluated = [
+        e for e in read_ledger(tmp_path / "run" / "ledger.jsonl") if e["event"] == "evaluated"
+    ]
+    assert {e["examples"] for e in evaluated if e["client"] == 1} == {6}
