@@ -1,8 +1,7 @@
 """The libraries a deployed client needs, and a start-up check that names any that are missing.
 
 The list is the RISC-V userland's (Debian trixie riscv64: Python 3.13, torch 2.6, numpy 2.2,
-grpcio 1.51, protobuf 4.21, PyYAML, omegaconf, cryptography 43; reference riscv.md §2.3): the
-client imports nothing else, so it runs there from Debian's packages. The check looks modules
+grpcio 1.51, protobuf 4.21, PyYAML, omegaconf, cryptography 43): the client imports nothing else, so it runs there from Debian's packages. The check looks modules
 up without importing them, which matters where `import torch` takes a minute (under qemu).
 """
 

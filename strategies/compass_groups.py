@@ -1,10 +1,9 @@
 """FedCompass arrival groups: which clients are expected back together, by when, and how many
 local steps each one gets so that the members of a group arrive at about the same time.
 
-This is the scheduling half of FedCompass (Li et al., ICLR 2024; APPFL `compass_scheduler.py`,
-see the reference spec §4.2) with no tensors: `GroupPlanner.plan` is ASSIGN (JOIN the group that
-allows the most steps, else CREATE a group aimed at the next return of an open group's fastest
-member). Closing a group and aggregating is the strategy's job (`fedcompass.py`).
+This is the scheduling half of FedCompass (Li et al., ICLR 2024; APPFL `compass_scheduler.py`)
+with no tensors: `GroupPlanner.plan` is the reference's ASSIGN (JOIN the group that allows the
+most steps, else CREATE a group aimed at the next return of an open group's fastest member). Closing a group and aggregating is the strategy's job (`fedcompass.py`).
 """
 
 from __future__ import annotations

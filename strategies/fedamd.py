@@ -4,7 +4,7 @@ Each sampled client is an anchor or a miner. Anchors upload a large-batch gradie
 global model, which replaces their stored one; miners run K recursive variance-reduced steps
 from v^t, the mean of the stored anchor gradients, and the server moves the model along the
 mean of the miners' deltas through its server step (plain, lr 1, by default). A round with no miner republishes the model
-unchanged. Differences from the reference code (algorithms.md §3.7) are deliberate: anchors draw
+unchanged. Differences from the reference code (HarliWu/FedAMD) are deliberate: anchors draw
 their large batch at random, `anchor_probability` 1 makes every client an anchor, and no
 all-client initial round is needed unless `init_round` asks for one.
 

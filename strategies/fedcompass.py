@@ -10,7 +10,7 @@ and applied, staleness-weighted, in the next group aggregation that has arrivals
 group that closes with none leaves the late buffer waiting). A client whose speed is unknown
 (no profile) trains Q_initial steps alone and its first update is applied at once.
 
-Aggregation (gradient style, spec §4.3): Delta = sum_j alpha * s(tau_j) * p_j * delta_j over the
+Aggregation (gradient style, as the reference's FedCompassAggregator): Delta = sum_j alpha * s(tau_j) * p_j * delta_j over the
 group's arrivals and the late buffer, applied by the server step (`server_step.py`; plain:
 w <- w + Delta). A late update counts like an on-time one, with its staleness: the full
 alpha * s(tau_j) * p_j. p_j is n_j / sum n over that set (`examples`), 1 / |set| (`uniform`), or

@@ -1,5 +1,5 @@
 """FedAMD: client-side anchor and miner work against independent autograd computations, the
-strategy driven event by event, the conformance tests of algorithms.md §9.2, and whole runs."""
+strategy driven event by event, the conformance tests of the method's invariants, and whole runs."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_groups_and_steps_match_a_hand_computed_schedule():
     assert info["staleness"] == [0, 0, 0] and info["late"] == []
     assert strategy.clients[1].speed == pytest.approx(2.18)
 
-    # Reassignment at t = 110, fastest first (spec §4.2 GROUP_AGG), client 1, whose arrival
+    # Reassignment at t = 110, fastest first (the reference's GROUP_AGG), client 1, whose arrival
     # closed the group, included: 0 (1 s/step), 1 (2.18), 2 (4). Client 0: group 1 would need
     # floor(140 / 1) = 140 steps > Q_max, and group 1's fastest (10 s/step) returns far beyond
     # Q_max: a new group 2 with 100 steps (T_a = 210, T_max = 260). Client 1: group 1 allows

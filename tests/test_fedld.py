@@ -17,7 +17,7 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 def _reference_revision(stacked: torch.Tensor, k_fraction: float = 0.8) -> torch.Tensor:
-    """A transliteration of the reference `pcgrad_svd` for one layer (algorithms.md §1.3):
+    """A transliteration of the reference `pcgrad_svd` for one layer (Zeng-Shuang/FedLD `svd_tools.py`):
     svd of the scaled Gram, directions G^T E, majority sign, proj / ||proj|| rescaling."""
     grads = stacked.double()
     m = grads.shape[0]

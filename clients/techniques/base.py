@@ -2,67 +2,26 @@
 
 A technique is one module (`clients/techniques/`), registered by name with `@register`. It has
 typed parameters, decoded once from `Task.hyper` (an unknown key, a non-integer for an integer,
-or a value its checks refuse is a `TaskError` naming the key); its local work (`run`); its
-simulated cost in minibatch passes; and optional client state that survives a restart
-(`state_dict` / `load_state_dict`). Techniques share one SGD loop (`clients/sgd.py`).
+or a value its checks refuse is a `TaskError` naming the key: `clients/registry.py`); its local
+work (`run`); its simulated cost in minibatch passes; and optional client state that survives a
+restart (`state_dict` / `load_state_dict`). Techniques share one SGD loop (`clients/sgd.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
+from fedcore.clients.registry import Registry, decode_params
 from fedcore.data.split import Split
 from fedcore.records import Task, Update
-from fedcore.typed_config import ConfigError
 
 if TYPE_CHECKING:
     from fedcore.clients.trainer import LocalTrainer
 
 P = TypeVar("P")
-
-
-class TaskError(ConfigError):
-    """A task asks for something no client can do (unknown technique or transform, a parameter
-    it does not take, or a value of the wrong type or range); the message names the key."""
-
-
-def decode_params(params_type: type[P], values: Mapping[str, float], where: str) -> P:
-    """An instance of dataclass `params_type` from a task's float map: keys must be its fields,
-    integers integral, booleans 0 or 1; its `__post_init__` checks the values."""
-    hints = get_type_hints(params_type)
-    fields = {f.name for f in dataclasses.fields(params_type)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, raw in values.items():
-        if key not in fields:
-            raise TaskError(
-                f"{where}.{key}: unknown parameter (known: {', '.join(sorted(fields)) or 'none'})"
-            )
-        value = float(raw)
-        kind = hints[key]
-        if kind is bool:
-            if value not in (0.0, 1.0):
-                raise TaskError(f"{where}.{key}: must be 0 or 1 (a flag), got {raw!r}")
-            kwargs[key] = bool(value)
-        elif kind is int:
-            if not value.is_integer():
-                raise TaskError(f"{where}.{key}: must be an integer, got {raw!r}")
-            kwargs[key] = int(value)
-        else:
-            kwargs[key] = value
-    try:
-        return params_type(**kwargs)
-    except ValueError as error:
-        raise TaskError(f"{where}.{error}") from None
-
-
-def encode_params(params: Any) -> dict[str, float]:
-    """A params dataclass as the float map a Task carries (the inverse of `decode_params`)."""
-    return {k: float(v) for k, v in dataclasses.asdict(params).items()}
 
 
 class Technique(ABC, Generic[P]):
@@ -108,24 +67,7 @@ class Technique(ABC, Generic[P]):
         """Restore what `state_dict` returned."""
 
 
-TECHNIQUES: dict[str, type[Technique[Any]]] = {}
-
-T = TypeVar("T", bound=type[Technique[Any]])
-
-
-def register(cls: T) -> T:
-    """Class decorator: make a technique findable by its `name` (names are unique)."""
-    existing = TECHNIQUES.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"client technique {cls.name!r} is already registered by {existing}")
-    TECHNIQUES[cls.name] = cls
-    return cls
-
-
-def technique_type(name: str) -> type[Technique[Any]]:
-    """The technique registered as `name`, or TaskError listing the known ones."""
-    if name not in TECHNIQUES:
-        raise TaskError(
-            f"task.technique: unknown client technique {name!r}; known: {sorted(TECHNIQUES)}"
-        )
-    return TECHNIQUES[name]
+#: Client techniques by name; `register` is the class decorator that adds one.
+TECHNIQUES: Registry[type[Technique[Any]]] = Registry("client technique", "task.technique")
+register = TECHNIQUES.register
+technique_type = TECHNIQUES.get

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedcore.clients.sgd import SGDParams, planned_steps, run_sgd, task_batches
+from fedcore.clients.sgd import SGDParams, planned_steps, task_batches
 from fedcore.clients.techniques.base import Technique, register
+from fedcore.clients.techniques.sgd import SGD
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
 from fedcore.payloads import DenseDelta
@@ -163,7 +164,7 @@ class Anchor(Technique[AnchorParams]):
 
 
 @register
-class Miner(Technique[SGDParams]):
+class Miner(SGD):
     """K recursive steps from x_0 with d_{-1} = v = extras["direction"], x_{-1} = x_0:
     d_k = d_{k-1} + grad(x_k; B_k) - grad(x_{k-1}; B_k), x_{k+1} = x_k - lr * d_k. Step 0 is
     exactly x_1 = x_0 - lr * v; every later step costs two passes over the same minibatch. With
@@ -184,9 +185,7 @@ class Miner(Technique[SGDParams]):
     ) -> Update:
         """Recursive variance-reduced steps, or local SGD without a direction."""
         if DIRECTION not in task.extras:
-            return run_sgd(
-                trainer.bound, trainer.velocity, task, params, model, data, reuse_model=reuse_model
-            )
+            return super().run(trainer, task, params, model, data, reuse_model)
         if len(data) == 0:
             raise ValueError(f"client {task.client_id} has no training examples")
         started = time.perf_counter()

@@ -9,20 +9,14 @@ batch of the per-example term instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fedcore.clients.sgd import SGDParams, run_sgd
+from fedcore.clients.sgd import Loss, SGDParams
 from fedcore.clients.techniques.base import register
 from fedcore.clients.techniques.sgd import SGD
-from fedcore.data.split import Split
-from fedcore.records import Task, Update
 from fedcore.typed_config import require
-
-if TYPE_CHECKING:
-    from fedcore.clients.trainer import LocalTrainer
 
 
 @dataclass(frozen=True)
@@ -57,28 +51,11 @@ class FedLDClient(SGD):
     name = "fedld"
     params_type = MarginParams
 
-    def run(
-        self,
-        trainer: LocalTrainer,
-        task: Task,
-        params: SGDParams,
-        model: tuple[torch.Tensor, torch.Tensor],
-        data: Split,
-        reuse_model: bool,
-    ) -> Update:
-        """Local SGD whose loss carries the margin term."""
+    def loss(self, params: SGDParams) -> Loss:
+        """Cross-entropy plus the margin term."""
         assert isinstance(params, MarginParams)
 
         def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return margin_loss(logits, labels, params.margin_lambda, params.margin_per_sample)
 
-        return run_sgd(
-            trainer.bound,
-            trainer.velocity,
-            task,
-            params,
-            model,
-            data,
-            reuse_model=reuse_model,
-            loss=loss,
-        )
+        return loss

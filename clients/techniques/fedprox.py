@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from fedcore.clients.sgd import SGDParams, run_sgd
+from fedcore.clients.sgd import Adjust, SGDParams
 from fedcore.clients.techniques.base import register
 from fedcore.clients.techniques.sgd import SGD
-from fedcore.data.split import Split
-from fedcore.records import Task, Update
 from fedcore.typed_config import require
-
-if TYPE_CHECKING:
-    from fedcore.clients.trainer import LocalTrainer
 
 
 @dataclass(frozen=True)
@@ -36,30 +30,12 @@ class FedProxClient(SGD):
     name = "fedprox"
     params_type = ProxParams
 
-    def run(
-        self,
-        trainer: LocalTrainer,
-        task: Task,
-        params: SGDParams,
-        model: tuple[torch.Tensor, torch.Tensor],
-        data: Split,
-        reuse_model: bool,
-    ) -> Update:
-        """Local SGD with the proximal pull towards the received model."""
+    def adjust(self, params: SGDParams) -> Adjust | None:
+        """The proximal pull towards the received model (none with mu = 0)."""
         assert isinstance(params, ProxParams)
         mu = params.prox_mu
 
         def proximal(grad: torch.Tensor, weights: torch.Tensor, start: torch.Tensor) -> None:
-            if mu:
-                grad.add_(weights - start, alpha=mu)
+            grad.add_(weights - start, alpha=mu)
 
-        return run_sgd(
-            trainer.bound,
-            trainer.velocity,
-            task,
-            params,
-            model,
-            data,
-            reuse_model=reuse_model,
-            adjust=proximal,
-        )
+        return proximal if mu else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
-from fedcore.clients.techniques.base import TaskError, decode_params
+from fedcore.clients.registry import Registry, decode_params
 from fedcore.records import TransformSpec, Update
 
 Options = TypeVar("Options")
@@ -39,24 +39,7 @@ class UpdateTransform(ABC, Generic[Options]):
         """The transformed update (for a model of `numel` parameters)."""
 
 
-TRANSFORMS: dict[str, type[UpdateTransform[Any]]] = {}
-
-T = TypeVar("T", bound=type[UpdateTransform[Any]])
-
-
-def register_transform(cls: T) -> T:
-    """Class decorator: make a transform findable by its `name` (names are unique)."""
-    existing = TRANSFORMS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"update transform {cls.name!r} is already registered by {existing}")
-    TRANSFORMS[cls.name] = cls
-    return cls
-
-
-def transform_type(name: str) -> type[UpdateTransform[Any]]:
-    """The transform registered as `name`, or TaskError listing the known ones."""
-    if name not in TRANSFORMS:
-        raise TaskError(
-            f"task.transforms: unknown update transform {name!r}; known: {sorted(TRANSFORMS)}"
-        )
-    return TRANSFORMS[name]
+#: Update transforms by name; `register_transform` is the class decorator that adds one.
+TRANSFORMS: Registry[type[UpdateTransform[Any]]] = Registry("update transform", "task.transforms")
+register_transform = TRANSFORMS.register
+transform_type = TRANSFORMS.get
