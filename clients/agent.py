@@ -37,6 +37,7 @@ from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
 from fedcore.records import Task, Update
 from fedcore.rpc import UPLOAD_FRAME_FIELD, coordinator_stub, frame_message
+from fedcore.state_files import StateFileError, load_state, save_state
 from fedcore.wire import VectorAssembler, vector_frames
 
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -88,7 +89,9 @@ class ClientAgent:
         step_delay: float = 0.0,
         device: ClientDevice | None = None,
         data: str = "",
+        state: Path | None = None,
     ) -> None:
+        """`state` names the file that keeps the techniques' client state across restarts."""
         self.settings = settings
         self.config = config
         self.step_delay = step_delay
@@ -100,6 +103,12 @@ class ClientAgent:
         self.trainer = LocalTrainer(
             model_builder(config, self.federation.dataset), device=self.device.device
         )
+        self.state_path = state
+        if state is not None and state.exists():
+            try:
+                self.trainer.load_state_dict(load_state(state))
+            except StateFileError as error:
+                raise ClientFatal(f"--state: {error}") from None
         self.profile: pb.DeviceProfile | None = None
         self.session = ""
         self.number = -1
@@ -257,6 +266,7 @@ class ClientAgent:
                 continue
             task, params, buffers = self._download(stub, reply)
             update = self._train(task, params, buffers, self._data(task))
+            self._save_state()
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
             evaluation = update.payload is None
             if evaluation:
@@ -269,6 +279,13 @@ class ClientAgent:
                     f"fedcore client {self.settings.client_id}: {what} refused: {result.reason}",
                     flush=True,
                 )
+
+    def _save_state(self) -> None:
+        """Keep the techniques' state on disk before the update leaves, so a client that
+        restarts after the server counted the update still holds what that implies."""
+        state = self.trainer.state_dict()
+        if self.state_path is not None and state:
+            save_state(self.state_path, state)
 
     def _download(
         self, stub: pb_grpc.CoordinatorStub, reply: pb.TaskReply

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         "and y, or module:function returning (x, y) (see fedcore/clients/local_data.py)",
     )
     parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="file that keeps the client techniques' state across restarts (e.g. FedAMD's "
+        "client-kept anchor gradients); read at start when it exists, rewritten after each task",
+    )
+    parser.add_argument(
         "--slow",
         type=float,
         default=0.0,
@@ -81,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         device.apply()
         settings = ClientSettings(args.server, args.id, args.certs, args.server_name)
         accepted = ClientAgent(
-            settings, config, step_delay=args.slow, device=device, data=args.data
+            settings, config, step_delay=args.slow, device=device, data=args.data, state=args.state
         ).run()
     except (
         ClientFatal,

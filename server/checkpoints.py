@@ -25,11 +25,10 @@ import torch
 
 from fedcore.params import ModelLayout
 from fedcore.serialization import FrameError, decode_many, frames_of
-from fedcore.server.rundir import write_atomically
+from fedcore.state_files import pack, unpack, write_atomically
 from fedcore.strategies.base import GlobalModel
 
 FORMAT = 1
-TENSOR_REF = "__tensor__"
 
 
 class CheckpointError(ValueError):
@@ -46,37 +45,6 @@ class ServerState:
     timers: dict[str, float] = field(default_factory=dict)
     registry: dict[str, Any] = field(default_factory=dict)
     ledger_position: int = 0
-
-
-def pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """`value` as JSON-able data, its tensors moved into `tensors` and replaced by references."""
-    if isinstance(value, torch.Tensor):
-        key = f"state/{len(tensors)}"
-        tensors[key] = value.detach().cpu().contiguous()
-        return {TENSOR_REF: key}
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("checkpointed dicts need string keys")
-        return {k: pack(v, tensors) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [pack(v, tensors) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(f"cannot checkpoint a {type(value).__name__}")
-
-
-def unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of `pack`."""
-    if isinstance(value, dict):
-        if set(value) == {TENSOR_REF}:
-            key = value[TENSOR_REF]
-            if key not in tensors:
-                raise CheckpointError(f"state refers to tensor {key!r}, which is not stored")
-            return tensors[key]
-        return {k: unpack(v, tensors) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unpack(v, tensors) for v in value]
-    return value
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,8 @@ import yaml
 from fedcore.params import ModelLayout
 from fedcore.serialization import decode_many, frames_of
 from fedcore.server.plots import plot_metrics
+from fedcore.state_files import write_atomically
 from fedcore.strategies.base import GlobalModel
-
-
-def write_atomically(path: Path, data: bytes | Iterable[bytes | memoryview]) -> str:
-    """Write `data` (bytes, or pieces streamed one at a time so a large file is never held
-    whole), fsync, then rename over `path`: readers see the old file or the new one. Returns the
-    sha256 of what was written."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    digest = hashlib.sha256()
-    with temporary.open("wb") as handle:
-        for piece in [data] if isinstance(data, bytes) else data:
-            digest.update(piece)
-            handle.write(piece)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-    return digest.hexdigest()
 
 
 class RunDirectory:

@@ -15,8 +15,8 @@ Gradient store (`gradient_store`), with P parameters and N clients:
 - `client`: each client keeps its own last g_j (at most 2 * P * 4 bytes on the client, see
   `clients/techniques/fedamd.py`) and uploads g_new - g_old; the server keeps only S and
   the model version each contributor's counted gradient came from (8 P bytes + O(N) integers).
-  A deployed client holds its store in memory, so it must not restart mid-run; a simulation
-  needs `simulation.workers: 0` (one process plays every client).
+  A deployed client keeps its store across restarts only with `fedcore client --state FILE`; a
+  simulation needs `simulation.workers: 0` (one process plays every client).
 
 v^t is the mean over the clients with a stored gradient. Before any is stored (the first round,
 or always with `anchor_probability` 0) miners get no direction and run plain local SGD, because

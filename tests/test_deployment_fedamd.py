@@ -15,7 +15,14 @@ from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.fedamd import FedAMD
-from tests.processes import client, finish_federation, make_certs, server_port, start_server
+from tests.processes import (
+    client,
+    finish_federation,
+    make_certs,
+    server_port,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +80,39 @@ def test_deployed_fedamd_reaches_the_simulation_model(
     monkeypatch.setattr(FedAMD, "direction", lambda self: None)
     undirected = Simulation(make_experiment(config), config).run().final
     assert not torch.allclose(deployed, undirected.params, atol=1e-4), "the direction matters"
+
+
+def test_a_client_restarted_with_its_state_file_keeps_its_anchor_gradients(tmp_path: Path) -> None:
+    """Client-kept gradient store: client-1 is killed after its first anchor was counted and
+    restarted with the same `--state`; its next anchor upload is relative to the counted one,
+    which only the state file still holds, and is accepted."""
+    make_certs(tmp_path, 2)
+    server = start_server(
+        tmp_path,
+        *[a for a in SERVER_ARGS if not a.startswith(("num_clients", "clients_per_round"))],
+        "num_clients=2",
+        "clients_per_round=2",
+        "strategy.gradient_store=client",
+        "deployment.liveness_timeout=30",
+    )
+    port = server_port(server)
+    state = tmp_path / "client-1.state"
+    first = [
+        client(tmp_path, port, 0),
+        client(tmp_path, port, 1, "--state", str(state), "--slow", "0.5"),
+    ]
+    ledger = tmp_path / "run" / "ledger.jsonl"
+    wait_for(
+        lambda: ledger.exists() and any(e["event"] == "model" for e in read_ledger(ledger)),
+        120,
+        "model version 1",
+    )
+    first[1].kill()
+    first[1].communicate(timeout=30)
+    assert state.exists(), "the anchor gradient was saved before its upload"
+    restarted = client(tmp_path, port, 1, "--state", str(state))
+    outputs = finish_federation(server, [first[0], restarted])
+    entries = read_ledger(ledger)
+    anchors = [e for e in entries if e["event"] == "accepted" and e["client"] == 1]
+    assert anchors[0]["base_version"] == 0 and anchors[-1]["base_version"] == 2, outputs
+    assert not [e for e in entries if e["event"] == "rejected"], outputs

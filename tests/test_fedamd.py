@@ -18,9 +18,9 @@ from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import TrainingConfig
 from fedcore.data.split import Split
 from fedcore.records import Task
-from fedcore.server.checkpoints import pack, unpack
 from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.simulation import Simulation, simulate
+from fedcore.state_files import pack, unpack
 from fedcore.strategies.base import GlobalModel
 from fedcore.strategies.fedamd import FedAMD, FedAMDConfig
 from fedcore.strategies.server_step import ServerStepConfig

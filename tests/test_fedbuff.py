@@ -10,9 +10,9 @@ import torch
 from fedcore.config import TrainingConfig
 from fedcore.payloads import DenseDelta
 from fedcore.records import Update
-from fedcore.server.checkpoints import pack, unpack
 from fedcore.server.experiment import parse_experiment
 from fedcore.server.simulation import simulate
+from fedcore.state_files import pack, unpack
 from fedcore.strategies.base import Arrival
 from fedcore.strategies.fedbuff import FedBuff, FedBuffConfig
 from fedcore.strategies.staleness import StalenessConfig

@@ -11,9 +11,9 @@ import torch
 
 from fedcore.config import TrainingConfig
 from fedcore.records import Task
-from fedcore.server.checkpoints import pack, unpack
 from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.simulation import Simulation
+from fedcore.state_files import pack, unpack
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
 from fedcore.strategies.fedcompass import Buffered, FedCompass, FedCompassConfig
 from fedcore.strategies.staleness import StalenessConfig, staleness_weight
