@@ -183,7 +183,7 @@ async def _finish_talking(service: CoordinatorService, timeout: float, stop: asy
         )
     ):
         registry.changed.clear()
-        await _wait(registry.changed, 0.05)
+        await _wait(registry.changed, grace - loop.time())
 
 
 def resume_state(

@@ -148,8 +148,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
                 await context.abort(refusal.code, str(refusal))
             return pb.HeartbeatReply(known=False)
-        slot.told_done = self._done(slot)
+        if self._done(slot):
+            self._tell_done(slot)
         return pb.HeartbeatReply(known=True, done=slot.told_done)
+
+    def _tell_done(self, slot: ClientSlot) -> None:
+        """The client has heard that training is over (the serving loop may be waiting for it)."""
+        slot.told_done = True
+        self.registry.changed.set()
 
     def _done(self, slot: ClientSlot) -> bool:
         """Training is over and nothing is parked for this client (an evaluation of the last
@@ -169,7 +175,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         parked = slot.next_task()
         if parked is None:
             if self.coordinator.finished:
-                slot.told_done = True
+                self._tell_done(slot)
                 return pb.TaskReply(status=pb.TaskReply.DONE)
             return pb.TaskReply(status=pb.TaskReply.WAIT)
         task = parked.task
