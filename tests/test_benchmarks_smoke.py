@@ -104,3 +104,23 @@ def test_transport_benchmark_runs_quick_and_writes_its_json(tmp_path):
         "spooled_4_vs_1_growth_over_model",
         "spooled_4_peak_over_model",
     }
+
+
+def test_fingerprints_compare_a_run_with_an_earlier_one(tmp_path):
+    _quick("fingerprints", tmp_path)
+    first = json.loads((tmp_path / "fingerprints.json").read_text())
+    assert set(first["sha256"]) == {"fedavg", "fedcompass"}
+    again = tmp_path / "again"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.fingerprints", "--quick"),
+            *("--out", str(again), "--against", str(tmp_path / "fingerprints.json")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "all compared cases identical: PASS" in done.stdout, done.stdout
+    assert json.loads((again / "fingerprints.json").read_text())["sha256"] == first["sha256"]
