@@ -23,8 +23,9 @@ from fedcore.records import MASK, Task, TransformSpec, Update
 from fedcore.serialization import DTYPE_NAMES, DTYPES, FrameError, FrameParts
 from fedcore.wire import Expected, vector_frames
 
-#: Metrics an upload header may carry at most.
+#: Metrics an upload header may carry at most, and the longest name each may have.
 MAX_METRICS = 64
+MAX_METRIC_NAME = 64
 #: Download stream names of a masked model's parts.
 MASKED_VALUES = "params/masked"
 HELD = "held"
@@ -195,6 +196,8 @@ def upload_layout(
         raise FrameError(f"unknown payload type {kind!r}; known: {[*PAYLOAD_KINDS, 'none']}")
     if len(header.metrics) > MAX_METRICS:
         raise FrameError(f"{len(header.metrics)} metrics, at most {MAX_METRICS}")
+    if any(len(name) > MAX_METRIC_NAME for name in header.metrics):
+        raise FrameError(f"a metric name is longer than {MAX_METRIC_NAME} characters")
     bound = max_count if kind == "seeds" else numel
     if count > bound:
         raise FrameError(f"header count {count} above the bound {bound} for a {kind} payload")

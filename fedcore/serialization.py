@@ -21,11 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedcore.bounded import json_loads
+
 MAGIC = b"FCT1"
 _LENGTH = struct.Struct("<I")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_NAME_CHARS = 512
 MAX_DIMS = 16
+#: A frame header is an object holding a list of sizes: nothing deeper.
+MAX_HEADER_DEPTH = 2
 #: Payload bytes per frame when a tensor is cut into chunks: a gRPC message stays well under its
 #: 4 MiB default, and a model is hashed in these pieces (see `chunk_digests`).
 DEFAULT_CHUNK_BYTES = 2 << 20
@@ -198,8 +202,8 @@ def parse_header(buffer: bytes | memoryview) -> tuple[FrameHeader, int]:
     if len(view) < start + head_len:
         raise FrameError("truncated frame: header cut short")
     try:
-        raw = json.loads(bytes(view[start : start + head_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json_loads(bytes(view[start : start + head_len]), MAX_HEADER_DEPTH)
+    except ValueError as exc:
         raise FrameError(f"frame header is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise FrameError("frame header is not a JSON object")

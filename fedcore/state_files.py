@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
+from fedcore.bounded import json_loads
 from fedcore.serialization import FrameError, decode_many, frames_of
 
 TENSOR_REF = "__tensor__"
 #: The frame holding a state file's JSON document (as uint8 bytes).
 DOCUMENT = "state/json"
+#: Nesting of saved state documents: strategy and technique states are a few levels deep.
+MAX_STATE_DEPTH = 32
 
 
 class StateFileError(ValueError):
@@ -85,8 +88,8 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         tensors = decode_many(path.read_bytes())
         raw = tensors.pop(DOCUMENT)
-        state = unpack(json.loads(bytes(raw.numpy())), tensors)
-    except (OSError, KeyError, FrameError, ValueError, RecursionError) as error:
+        state = unpack(json_loads(bytes(raw.numpy()), MAX_STATE_DEPTH), tensors)
+    except (OSError, KeyError, FrameError, ValueError) as error:
         raise StateFileError(f"{path}: not a usable state file ({error})") from None
     if not isinstance(state, dict):
         raise StateFileError(f"{path}: the saved state is not a mapping")

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from fedcore.bounded import json_loads
 from fedcore.params import ModelLayout
 from fedcore.serialization import FrameError, decode_many, frames_of
-from fedcore.state_files import pack, unpack, write_atomically
+from fedcore.state_files import MAX_STATE_DEPTH, pack, unpack, write_atomically
 from fedcore.strategies.base import GlobalModel
 
 FORMAT = 1
@@ -187,7 +188,7 @@ class CheckpointStore:
 def read_checkpoint(path: Path, layout: ModelLayout) -> ServerState:
     """Verify a checkpoint folder against its manifest and the model layout, then decode it."""
     try:
-        manifest = json.loads((path / "manifest.json").read_bytes())
+        manifest = json_loads((path / "manifest.json").read_bytes(), MAX_STATE_DEPTH)
         files = {name: (path / name).read_bytes() for name in ("tensors.fct", "state.json")}
     except (OSError, ValueError) as error:
         raise CheckpointError(f"missing or unreadable file: {error}") from None
@@ -198,7 +199,7 @@ def read_checkpoint(path: Path, layout: ModelLayout) -> ServerState:
             raise CheckpointError(f"{name} does not match the sha256 in its manifest")
     try:
         tensors = decode_many(files["tensors.fct"])
-        document = json.loads(files["state.json"])
+        document = json_loads(files["state.json"], MAX_STATE_DEPTH)
         params, buffers = tensors["model/params"], tensors["model/buffers"]
         layout.params.check(params)
         layout.buffers.check(buffers)

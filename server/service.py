@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from fedcore.bounded import capped
 from fedcore.certs import peer_client_id
 from fedcore.messages import (
     HELD,
@@ -34,6 +35,8 @@ from fedcore.server.registry import ClientSlot, Parked, Registry
 from fedcore.wire import VectorAssembler
 
 MAX_CHUNK_BYTES = DEFAULT_CHUNK_BYTES
+#: Library versions a joining client's profile may list (each name and version capped).
+MAX_LIBRARIES = 32
 
 
 class Refusal(Exception):
@@ -85,7 +88,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if claimed != identity:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"certificate belongs to {identity!r}, request claims {claimed!r}",
+                f"certificate belongs to {identity!r}, request claims {capped(claimed)!r}",
             )
         slot = self.registry.slots[numbers[identity]]
         if session is not None and session != slot.session:
@@ -113,14 +116,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             self.coordinator.client_gone(slot.number)
         slot.forget()
         slot.session = secrets.token_hex(16)
+        profile = request.profile
+        libraries = sorted(profile.libraries.items())[:MAX_LIBRARIES]
         slot.profile = {
-            "architecture": request.profile.architecture,
-            "device": request.profile.device_type,
-            "device_name": request.profile.device_name,
-            "cores": request.profile.cores,
-            "memory_bytes": request.profile.memory_bytes,
-            "step_seconds": request.profile.step_seconds,
-            "libraries": dict(request.profile.libraries),
+            "architecture": capped(profile.architecture),
+            "device": capped(profile.device_type),
+            "device_name": capped(profile.device_name),
+            "cores": profile.cores,
+            "memory_bytes": profile.memory_bytes,
+            "step_seconds": profile.step_seconds,
+            "libraries": {capped(k, 64): capped(v, 64) for k, v in libraries},
             "examples": request.num_examples,
         }
         self.coordinator.ledger.record(
@@ -242,7 +247,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     "upload names no outstanding task of this client (replayed or stale)",
                 )
         except Refusal as refusal:
-            self.coordinator.ledger.record("refused", client=header.client_id, reason=str(refusal))
+            self.coordinator.ledger.record(
+                "refused", client=capped(header.client_id), reason=str(refusal)
+            )
             await context.abort(refusal.code, str(refusal))
             raise  # context.abort has already raised; this only tells type checkers
         slot.take(parked)

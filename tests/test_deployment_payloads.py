@@ -6,6 +6,7 @@ own `--data` reports federated evaluation on that data."""
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fedcore.clients.agent import local_splits
 from fedcore.config import ExperimentConfig
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
+from fedcore.serialization import MAGIC
 from fedcore.server.evaluation import Scorer
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
@@ -159,10 +161,11 @@ def _stub(port: int, certs: Path, name: str) -> pb_grpc.CoordinatorStub:
 class RawClient:
     """An enrolled client that uploads hand-made payloads."""
 
-    def __init__(self, port: int, root: Path, name: str) -> None:
+    def __init__(self, port: int, root: Path, name: str, device_name: str = "") -> None:
         self.name = name
         self.stub = _stub(port, root / "certs", name)
-        joined = self.stub.Join(pb.JoinRequest(client_id=name), timeout=10)
+        profile = pb.DeviceProfile(device_name=device_name)
+        joined = self.stub.Join(pb.JoinRequest(client_id=name, profile=profile), timeout=10)
         self.session = joined.session
         spec = json.loads(joined.model_spec_json)
         self.size = sum(torch.Size(shape).numel() for _, shape in spec["params"]["tensors"])
@@ -177,7 +180,15 @@ class RawClient:
                 return reply
         raise AssertionError("no task dispatched")
 
-    def upload(self, kind: str, count: int, vectors: dict, encoding: str = "") -> pb.UploadReply:
+    def upload(
+        self,
+        kind: str,
+        count: int,
+        vectors: dict,
+        encoding: str = "",
+        metrics: dict | None = None,
+        raw_frames: list[bytes] | None = None,
+    ) -> pb.UploadReply:
         task = self.task()
         header = pb.UploadHeader(
             client_id=self.name,
@@ -188,8 +199,11 @@ class RawClient:
             payload=kind,
             count=count,
             encoding=encoding,
+            metrics=metrics or {},
         )
-        frames = [b"".join(f) for f in vector_frames({**vectors, "buffers": torch.zeros(0)})]
+        frames = raw_frames or [
+            b"".join(f) for f in vector_frames({**vectors, "buffers": torch.zeros(0)})
+        ]
         chunks = [pb.UploadChunk(header=header), *(pb.UploadChunk(frame=f) for f in frames)]
         return self.stub.UploadUpdate(iter(chunks), timeout=30)
 
@@ -205,7 +219,7 @@ def _sparse(indices, values=None, index_dtype=torch.int64) -> dict:
 
 def test_malformed_payloads_are_refused_with_reasons_and_the_server_keeps_serving(probe_server):
     port, root = probe_server
-    sparse_client = RawClient(port, root, "client-0")
+    sparse_client = RawClient(port, root, "client-0", device_name="x" * 3_500_000)
     size = sparse_client.size
     mask = torch.zeros((size + 7) // 8, dtype=torch.uint8)
     mask[-1] = 0xFF  # bits past the model when size is not a multiple of 8
@@ -242,6 +256,16 @@ def test_malformed_payloads_are_refused_with_reasons_and_the_server_keeps_servin
         reply = sparse_client.upload(kind, count, vectors, encoding)
         assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
         reasons.append(reply.reason)
+    deep = ("[" * 8000 + "]" * 8000).encode()
+    deep_frame = MAGIC + struct.pack("<I", len(deep)) + deep
+    hostile = [
+        ({"raw_frames": [deep_frame]}, "frame header is not valid JSON: JSON nested deeper"),
+        ({"metrics": {"m" * 100: 1.0}}, "a metric name is longer than 64 characters"),
+    ]
+    for extra, reason in hostile:
+        reply = sparse_client.upload("sparse", 2, _sparse([1, 2]), "indices", **extra)
+        assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
+        reasons.append(reply.reason)
     assert sparse_client.upload("sparse", 2, _sparse([0, 5]), "indices").accepted
     sparse_client.leave()
 
@@ -266,7 +290,8 @@ def test_malformed_payloads_are_refused_with_reasons_and_the_server_keeps_servin
     assert seed_client.stub.Heartbeat(
         pb.HeartbeatRequest(client_id="client-1", session=seed_client.session), timeout=10
     ).known, "the server keeps serving"
-    rejected = [
-        e["reason"] for e in read_ledger(root / "run" / "ledger.jsonl") if e["event"] == "rejected"
-    ]
-    assert rejected == reasons
+    entries = read_ledger(root / "run" / "ledger.jsonl")
+    assert [e["reason"] for e in entries if e["event"] == "rejected"] == reasons
+    (join,) = [e for e in entries if e["event"] == "join" and e["client"] == 0]
+    assert join["profile"]["device_name"].endswith("(3499744 more characters)")
+    assert (root / "run" / "ledger.jsonl").stat().st_size < 100_000, "no 3.5 MB string stored"
