@@ -227,6 +227,8 @@ class DeploymentConfig:
     checkpoint_keep: int = 3
     gone_timeout: float = 60.0
     spool_bytes: int = 64 << 20
+    upload_timeout: float = 300.0
+    task_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         require(
@@ -237,6 +239,18 @@ class DeploymentConfig:
         )
         require(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1", self.checkpoint_keep)
         require(self.spool_bytes >= 0, "spool_bytes", "must be >= 0 (0: never)", self.spool_bytes)
+        require(
+            math.isfinite(self.upload_timeout) and self.upload_timeout > 0,
+            "upload_timeout",
+            "must be finite and > 0 seconds",
+            self.upload_timeout,
+        )
+        require(
+            math.isfinite(self.task_timeout) and self.task_timeout > 0,
+            "task_timeout",
+            "must be finite and > 0 seconds",
+            self.task_timeout,
+        )
         require(
             self.gone_timeout >= 0,
             "gone_timeout",

@@ -260,13 +260,14 @@ class Coordinator:
         if evaluation is not None:
             self.evaluation_lost(evaluation)
 
-    def task_lost(self, task: Task) -> None:
-        """An outstanding task will never return."""
+    def task_lost(self, task: Task, reason: str = "") -> None:
+        """An outstanding task will never return (`reason`, when given, goes to the ledger)."""
         if self.outstanding.get(task.client_id) is not task:
             return
         del self.outstanding[task.client_id]
         self._release(task.version)
-        self.ledger.record("lost", client=task.client_id, version=task.version)
+        why = {"reason": reason} if reason else {}
+        self.ledger.record("lost", client=task.client_id, version=task.version, **why)
         if not self.finished:
             self.strategy.on_task_lost(task)
 

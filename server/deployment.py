@@ -46,10 +46,15 @@ class DeploymentDriver:
     parked in its client's slot until the client fetches it."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, registry: Registry, clock_start: float = 0.0
+        self,
+        loop: asyncio.AbstractEventLoop,
+        registry: Registry,
+        task_timeout: float,
+        clock_start: float = 0.0,
     ) -> None:
         self.loop = loop
         self.registry = registry
+        self.task_timeout = task_timeout
         self.started = loop.time() - clock_start
         self.coordinator: Coordinator | None = None
 
@@ -58,13 +63,27 @@ class DeploymentDriver:
         return self.loop.time() - self.started
 
     def send(self, task: Task, model: GlobalModel) -> None:
-        """Park the task in the client's slot and wake its long-poll."""
+        """Park the task in the client's slot, wake its long-poll, and expire the task if it is
+        not done within `deployment.task_timeout`, whether or not the client heartbeats."""
         slot = self.registry.slots[task.client_id]
+        parked = Parked(task, model)
+        parked.expiry = self.loop.call_later(self.task_timeout, self._expire, parked)
         if task.technique == "evaluate":
-            slot.evaluation = Parked(task, model)
+            slot.evaluation = parked
         else:
-            slot.training = Parked(task, model)
+            slot.training = parked
         slot.wake.set()
+
+    def _expire(self, parked: Parked) -> None:
+        """A task's deadline passed before its client uploaded for it: it is lost."""
+        assert self.coordinator is not None
+        slot = self.registry.slots[parked.task.client_id]
+        slot.take(parked)
+        reason = f"not done within deployment.task_timeout ({self.task_timeout:g} s)"
+        if parked.task.technique == "evaluate":
+            self.coordinator.evaluation_lost(parked.task)
+        else:
+            self.coordinator.task_lost(parked.task, reason)
 
     def schedule(self, at: float, key: str) -> None:
         """Fire `Coordinator.timer(key)` on the loop at server time `at`."""
@@ -256,7 +275,10 @@ def deploy(
     async def main() -> dict[str, Any]:
         registry = Registry(names)
         driver = DeploymentDriver(
-            asyncio.get_running_loop(), registry, state.time if state else 0.0
+            asyncio.get_running_loop(),
+            registry,
+            config.task_timeout,
+            state.time if state else 0.0,
         )
         evaluation = experiment.config.evaluation
         coordinator = Coordinator(
@@ -288,6 +310,7 @@ def deploy(
             config.heartbeat_seconds,
             spool_dir,
             config.spool_bytes,
+            config.upload_timeout,
         )
         if state is not None:
             registry.restore(state.registry)

@@ -19,11 +19,19 @@ from fedcore.typed_config import ConfigError
 
 @dataclass
 class Parked:
-    """A task waiting for its client to fetch it, with the model it starts from."""
+    """A task waiting for its client to fetch it, with the model it starts from, and the timer
+    that expires it (cancelled once the client uploads for it or its session ends)."""
 
     task: Task
     model: GlobalModel
     task_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    expiry: asyncio.TimerHandle | None = None
+
+    def settle(self) -> None:
+        """The task no longer needs its expiry timer."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
 
 
 @dataclass
@@ -54,7 +62,9 @@ class ClientSlot:
         return self.evaluation or self.training
 
     def take(self, parked: Parked) -> None:
-        """The client uploads for `parked`: it is no longer waiting."""
+        """The client uploads for `parked`: it is no longer waiting (the upload has a deadline
+        of its own)."""
+        parked.settle()
         if self.evaluation is parked:
             self.evaluation = None
         elif self.training is parked:
@@ -62,6 +72,9 @@ class ClientSlot:
 
     def forget(self) -> None:
         """The session ended: nothing parked survives it."""
+        for parked in (self.training, self.evaluation):
+            if parked is not None:
+                parked.settle()
         self.session = ""
         self.training = self.evaluation = None
         self.held_version = None

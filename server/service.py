@@ -58,12 +58,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         heartbeat_seconds: float,
         spool_dir: Path | None = None,
         spool_bytes: int = 0,
+        upload_timeout: float = 300.0,
     ) -> None:
         self.coordinator = coordinator
         self.registry = registry
         self.now = now
         self.spool_dir = spool_dir
         self.spool_bytes = spool_bytes
+        self.upload_timeout = upload_timeout
         self.heartbeat_seconds = heartbeat_seconds
         self.bytes_down = 0
         self.bytes_up = 0
@@ -258,16 +260,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         try:
             expected = upload_layout(header, self.coordinator.layout, task.local_steps)
             assembler = VectorAssembler(expected, self.spool_dir, self.spool_bytes)
-            async for part in request_iterator:
-                if not isinstance(part, memoryview):
-                    raise FrameError("a second header inside one upload")
-                self.bytes_up += len(part)
-                assembler.add(part)
+            await asyncio.wait_for(self._frames(request_iterator, assembler), self.upload_timeout)
             vectors = assembler.result()
-        except FrameError as error:
+        except (FrameError, TimeoutError) as error:
             if assembler is not None:
                 assembler.discard()
-            reason = f"malformed upload: {error}"
+            reason = (
+                f"upload not complete within deployment.upload_timeout ({self.upload_timeout:g} s)"
+                if isinstance(error, TimeoutError)
+                else f"malformed upload: {error}"
+            )
             if evaluation:
                 self.coordinator.ledger.record("rejected", client=slot.number, reason=reason)
                 self.coordinator.evaluation_lost(task)
@@ -282,6 +284,18 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             reason = self.coordinator.receive(update, then_idle=bool(slot.session))
             self._return(slot)
         return pb.UploadReply(accepted=reason is None, reason=reason or "")
+
+    async def _frames(
+        self,
+        request_iterator: AsyncIterator[pb.UploadHeader | memoryview],
+        assembler: VectorAssembler,
+    ) -> None:
+        """Feed an upload's frames to its assembler."""
+        async for part in request_iterator:
+            if not isinstance(part, memoryview):
+                raise FrameError("a second header inside one upload")
+            self.bytes_up += len(part)
+            assembler.add(part)
 
     async def Leave(
         self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext
