@@ -229,6 +229,7 @@ class DeploymentConfig:
     spool_bytes: int = 64 << 20
     upload_timeout: float = 300.0
     task_timeout: float = 3600.0
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         require(
@@ -244,6 +245,12 @@ class DeploymentConfig:
             "upload_timeout",
             "must be finite and > 0 seconds",
             self.upload_timeout,
+        )
+        require(
+            math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0,
+            "handshake_timeout",
+            "must be finite and > 0 seconds",
+            self.handshake_timeout,
         )
         require(
             math.isfinite(self.task_timeout) and self.task_timeout > 0,

@@ -37,6 +37,8 @@ from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
 
 ALL_GONE = "all clients gone"
+#: Concurrent RPCs on one connection (a client uses a heartbeat, a long-poll and one transfer).
+MAX_STREAMS_PER_CONNECTION = 16
 #: Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"deployment", "output"})
 
@@ -117,6 +119,7 @@ async def serve(
     *,
     liveness_timeout: float,
     gone_timeout: float,
+    handshake_timeout: float,
     ready: Callable[[int], None],
 ) -> str:
     """Run the service until training finishes (clients evaluating the last model have replied
@@ -124,7 +127,13 @@ async def serve(
     gone for `gone_timeout` seconds; return why it stopped."""
     coordinator, registry = service.coordinator, service.registry
     loop = asyncio.get_running_loop()
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
+        ]
+    )
     add_coordinator(service, server)
     port = server.add_secure_port(address, server_credentials(cert_dir))
     stop = asyncio.Event()
@@ -349,6 +358,7 @@ def deploy(
                     config.address,
                     liveness_timeout=config.liveness_timeout,
                     gone_timeout=config.gone_timeout,
+                    handshake_timeout=config.handshake_timeout,
                     ready=ready,
                 )
         finally:

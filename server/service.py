@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -37,6 +37,8 @@ from fedcore.wire import VectorAssembler
 MAX_CHUNK_BYTES = DEFAULT_CHUNK_BYTES
 #: Library versions a joining client's profile may list (each name and version capped).
 MAX_LIBRARIES = 32
+#: Uploads and downloads one client certificate may have open at once (an honest client has 1).
+MAX_STREAMS_PER_CLIENT = 4
 
 
 class Refusal(Exception):
@@ -66,6 +68,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.spool_dir = spool_dir
         self.spool_bytes = spool_bytes
         self.upload_timeout = upload_timeout
+        self._streams: dict[str, int] = {}
         self.heartbeat_seconds = heartbeat_seconds
         self.bytes_down = 0
         self.bytes_up = 0
@@ -203,6 +206,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         """Stream what the named task starts from, in bounded chunks."""
+        with self._stream_of(context) as aborted:
+            if aborted is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, aborted)
+            async for message in self._download_stream(request, context):
+                yield message
+
+    async def _download_stream(
+        self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         slot = await self._authenticate(context, request.client_id, request.session)
         parked = slot.parked(request.task_id)
         if parked is None:
@@ -230,8 +242,28 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.UploadReply:
         """Reassemble, validate and deliver one update or evaluation; refusals name their
         reason in the reply and the ledger, and close the task."""
+        with self._stream_of(context) as aborted:
+            if aborted is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, aborted)
+            return await self._upload(request_iterator, context)
+
+    async def _upload(
+        self,
+        request_iterator: AsyncIterator[pb.UploadHeader | memoryview],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadReply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upload_timeout
         try:
-            header = await anext(aiter(request_iterator), None)
+            header = await asyncio.wait_for(
+                anext(aiter(request_iterator), None), self.upload_timeout
+            )
+        except TimeoutError:
+            header = None
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no upload header within deployment.upload_timeout ({self.upload_timeout:g} s)",
+            )
         except FrameError as error:
             header = None
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed upload: {error}")
@@ -260,7 +292,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         try:
             expected = upload_layout(header, self.coordinator.layout, task.local_steps)
             assembler = VectorAssembler(expected, self.spool_dir, self.spool_bytes)
-            await asyncio.wait_for(self._frames(request_iterator, assembler), self.upload_timeout)
+            left = max(0.0, deadline - loop.time())
+            await asyncio.wait_for(self._frames(request_iterator, assembler), left)
             vectors = assembler.result()
         except (FrameError, TimeoutError) as error:
             if assembler is not None:
@@ -284,6 +317,28 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             reason = self.coordinator.receive(update, then_idle=bool(slot.session))
             self._return(slot)
         return pb.UploadReply(accepted=reason is None, reason=reason or "")
+
+    @contextlib.contextmanager
+    def _stream_of(self, context: grpc.aio.ServicerContext) -> Iterator[str | None]:
+        """Count an upload or download stream against its peer's certificate identity while it
+        lasts; yields a refusal when that peer already has MAX_STREAMS_PER_CLIENT open."""
+        try:
+            peer = peer_client_id(context.auth_context())
+        except Exception:
+            peer = "<no identity>"
+        if self._streams.get(peer, 0) >= MAX_STREAMS_PER_CLIENT:
+            yield (
+                f"client {capped(peer)!r} already has {MAX_STREAMS_PER_CLIENT} uploads or "
+                "downloads open; finish one first"
+            )
+            return
+        self._streams[peer] = self._streams.get(peer, 0) + 1
+        try:
+            yield None
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
 
     async def _frames(
         self,

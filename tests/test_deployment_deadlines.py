@@ -1,14 +1,18 @@
 """No client can stall a live `fedcore server`: a task that its client never finishes expires at
 `deployment.task_timeout` although the client stays connected, an upload that drips in is cut at
-`deployment.upload_timeout`, both are recorded with their reason, and training goes on."""
+`deployment.upload_timeout`, both are recorded with their reason, and training goes on; uploads
+that never send a header end at the same deadline, one client cannot hold more than a few
+transfers open, and a connection that never starts TLS is closed at the handshake timeout."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -44,6 +48,7 @@ def test_a_never_finishing_and_a_drip_feeding_client_do_not_stop_training(tmp_pa
         "deployment.liveness_timeout=60",
         "deployment.task_timeout=3",
         "deployment.upload_timeout=2",
+        "deployment.handshake_timeout=2",
     )
     port = server_port(server)
     ledger = tmp_path / "run" / "ledger.jsonl"
@@ -58,7 +63,31 @@ def test_a_never_finishing_and_a_drip_feeding_client_do_not_stop_training(tmp_pa
     ).known, "the client was still connected when its task expired"
     silent.leave()
 
+    idle = socket.create_connection(("127.0.0.1", port))
+    idle.settimeout(30)
+    opened = time.monotonic()
+    assert idle.recv(1) == b"", "the server closes a connection that never starts TLS"
+    assert time.monotonic() - opened < 15
+    idle.close()
+
     dripper = RawClient(port, tmp_path, "client-1")
+
+    def headerless() -> Iterator[pb.UploadChunk]:
+        time.sleep(20)
+        yield from ()
+
+    hanging = [dripper.stub.UploadUpdate.future(headerless(), timeout=30) for _ in range(4)]
+    time.sleep(0.5)
+    with pytest.raises(grpc.RpcError) as refused:
+        dripper.stub.UploadUpdate(headerless(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "already has 4 uploads or downloads open" in refused.value.details()
+    for call in hanging:
+        with pytest.raises(grpc.RpcError) as cut:
+            call.result()
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no upload header within deployment.upload_timeout (2 s)" in cut.value.details()
+
     task = dripper.task()
     header = pb.UploadHeader(
         client_id="client-1",
