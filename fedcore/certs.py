@@ -41,6 +41,9 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 CLIENTS_DIR = "clients"
 ENROLLED = "enrolled.txt"
+#: Enrolled clients whose certificates the server no longer accepts (one id a line). A client
+#: keeps its number (its line in enrolled.txt), so a run with revocations still resumes.
+REVOKED = "revoked.txt"
 CLIENT_URI_PREFIX = "fedcore://client/"
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -205,8 +208,29 @@ def enrolled_clients(directory: Path | str) -> list[str]:
     return [check_client_id(line.strip()) for line in lines if line.strip()]
 
 
+def revoked_clients(directory: Path | str) -> set[str]:
+    """The client ids in `directory`/revoked.txt (none when it does not exist)."""
+    try:
+        lines = (Path(directory) / REVOKED).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return set()
+    return {check_client_id(line.strip()) for line in lines if line.strip()}
+
+
+def revoke_client(directory: Path, client_id: str) -> bool:
+    """Add an enrolled client to revoked.txt; False when it was revoked already."""
+    if check_client_id(client_id) not in enrolled_clients(directory):
+        raise CertError(f"{client_id} is not enrolled in {directory / ENROLLED}")
+    if client_id in revoked_clients(directory):
+        return False
+    with (directory / REVOKED).open("a", encoding="utf-8") as handle:
+        handle.write(f"{client_id}\n")
+    return True
+
+
 def certs_main(argv: list[str]) -> int:
-    """`fedcore certs init|add-client ...`: create or extend a certificate directory."""
+    """`fedcore certs init|add-client|revoke ...`: create, extend or revoke in a certificate
+    directory."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -215,6 +239,10 @@ def certs_main(argv: list[str]) -> int:
     try:
         if args.command == "init":
             _init(args.dir, args.server_name, _init_client_ids(args), args.force)
+        elif args.command == "revoke":
+            done = revoke_client(args.dir, args.client)
+            state = "revoked" if done else "was already revoked"
+            print(f"{args.client} {state}: a running server refuses it within a heartbeat")
         else:
             ca = load_identity(args.dir / CA_CERT)
             create_client_cert(args.dir, ca, args.client, force=args.force)
@@ -249,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--dir", type=Path, required=True, help="certificate directory")
     add.add_argument("--client", required=True, metavar="ID", help="the client id")
     add.add_argument("--force", action="store_true", help="replace the client's existing key")
+    revoke = commands.add_parser("revoke", help="stop accepting an enrolled client's certificate")
+    revoke.add_argument("--dir", type=Path, required=True, help="certificate directory")
+    revoke.add_argument("--client", required=True, metavar="ID", help="the client id")
     return parser
 
 

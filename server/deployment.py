@@ -146,8 +146,13 @@ async def serve(
     stop_waiter.add_done_callback(lambda _: wake.set())
     await server.start()
     ready(port)
+
+    def revoked(number: int) -> None:
+        coordinator.ledger.record("revoked", client=number, name=registry.names[number])
+        coordinator.client_gone(number)
+
     watcher = asyncio.ensure_future(
-        registry.watch_liveness(liveness_timeout, service.now, coordinator.client_gone)
+        registry.watch_liveness(liveness_timeout, service.now, coordinator.client_gone, revoked)
     )
     coordinator.start()
     reason = f"reached {coordinator.max_versions} model versions"
@@ -282,7 +287,8 @@ def deploy(
     )
 
     async def main() -> dict[str, Any]:
-        registry = Registry(names)
+        registry = Registry(names, cert_dir)
+        registry.refresh_revocations()
         driver = DeploymentDriver(
             asyncio.get_running_loop(),
             registry,

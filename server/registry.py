@@ -10,8 +10,10 @@ import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fedcore.certs import REVOKED, revoked_clients
 from fedcore.records import Task
 from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
@@ -81,14 +83,34 @@ class ClientSlot:
 
 
 class Registry:
-    """Slots by client number and name, and connection changes as an event."""
+    """Slots by client number and name, revoked clients, and connection changes as an event."""
 
-    def __init__(self, enrolled: list[str]) -> None:
+    def __init__(self, enrolled: list[str], cert_dir: Path | None = None) -> None:
         self.numbers = {client: number for number, client in enumerate(enrolled)}
         self.names = dict(enumerate(enrolled))
         self.slots = {number: ClientSlot(number) for number in self.names}
         #: Set whenever a client joins, leaves or is declared gone.
         self.changed = asyncio.Event()
+        self.cert_dir = cert_dir
+        self.revoked: set[str] = set()
+        self._revocations_seen: tuple[int, int] | None = None
+
+    def refresh_revocations(self) -> list[int]:
+        """Re-read revoked.txt when it changed; the numbers of clients newly revoked."""
+        if self.cert_dir is None:
+            return []
+        path = self.cert_dir / REVOKED
+        try:
+            status = path.stat()
+            seen: tuple[int, int] | None = (status.st_mtime_ns, status.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._revocations_seen:
+            return []
+        self._revocations_seen = seen
+        now = revoked_clients(self.cert_dir) & set(self.numbers)
+        added, self.revoked = now - self.revoked, now
+        return sorted(self.numbers[name] for name in added)
 
     def connected(self) -> int:
         """Clients with a live session."""
@@ -114,17 +136,28 @@ class Registry:
             self.slots[self.numbers[name]].profile = profile
 
     async def watch_liveness(
-        self, timeout: float, now: Callable[[], float], gone: Callable[[int], None]
+        self,
+        timeout: float,
+        now: Callable[[], float],
+        gone: Callable[[int], None],
+        revoked: Callable[[int], None],
     ) -> None:
-        """Declare clients gone (calling `gone(number)`) when their heartbeats stop. A check that
-        wakes late means the loop itself was blocked (a long aggregation): heartbeats that came
-        meanwhile are still queued, so that check judges nobody."""
+        """Declare clients gone (calling `gone(number)`) when their heartbeats stop, and revoked
+        (`revoked(number)`, their session ended) within a check of their revocation. A check
+        that wakes late means the loop itself was blocked (a long aggregation): heartbeats that
+        came meanwhile are still queued, so that check judges nobody."""
         interval = min(1.0, timeout / 3)
         previous = now()
         while True:
             await asyncio.sleep(interval)
             moment = now()
             stalled, previous = moment - previous > 2 * interval, moment
+            for number in self.refresh_revocations():
+                self.slots[number].forget()
+                self.slots[number].wake.set()
+                revoked(number)
+                self.changed.set()
+                log(f"client {self.names[number]} revoked: its certificate is refused from now on")
             if stalled:
                 continue
             for slot in self.slots.values():

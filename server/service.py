@@ -90,6 +90,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         numbers = self.registry.numbers
         if identity not in numbers:
             raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"client {identity!r} is not enrolled")
+        if identity in self.registry.revoked:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"client {identity!r} is revoked")
         if claimed != identity:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -433,3 +433,19 @@ def test_client_refuses_a_server_name_not_in_the_certificate(
 def test_peer_client_id_needs_a_client_certificate() -> None:
     with pytest.raises(CertError, match="no client certificate"):
         certs.peer_client_id({"transport_security_type": [b"ssl"]})
+
+
+def test_revoke_lists_an_enrolled_client_once_and_refuses_strangers(tmp_path, capsys):
+    run = certs.certs_main
+    directory = tmp_path / "certs"
+    assert (
+        run(["init", "--dir", str(directory), "--server-name", "localhost", "--clients", "2"]) == 0
+    )
+    assert certs.revoked_clients(directory) == set()
+    assert run(["revoke", "--dir", str(directory), "--client", "client-1"]) == 0
+    assert run(["revoke", "--dir", str(directory), "--client", "client-1"]) == 0
+    assert "client-1 was already revoked" in capsys.readouterr().out
+    assert certs.revoked_clients(directory) == {"client-1"}
+    assert (directory / "revoked.txt").read_text() == "client-1\n"
+    assert run(["revoke", "--dir", str(directory), "--client", "client-9"]) == 1
+    assert "client-9 is not enrolled" in capsys.readouterr().err
