@@ -8,6 +8,7 @@ The client's libraries are checked before any of them is imported, so a machine 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def client_arguments(
         str(config),
     ]
     return [*arguments, "--server-name", server_name] if server_name else arguments
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--slow",
-        type=float,
+        type=_seconds,
         default=0.0,
         help="extra seconds to sleep per local step (to emulate a slow device)",
     )

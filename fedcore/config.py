@@ -214,6 +214,20 @@ class ValidationPolicy:
         )
 
 
+def address_port(address: str) -> int | None:
+    """The port of a `HOST:PORT` or `[IPv6]:PORT` address, or None when it has no valid one."""
+    host, colon, port = address.rpartition(":")
+    if (
+        not colon
+        or not host
+        or not port.isdigit()
+        or (host.count(":") and not host.startswith("["))
+    ):
+        return None
+    number = int(port)
+    return number if number <= 65535 else None
+
+
 @dataclass
 class DeploymentConfig:
     """`fedcore server`: where it listens, its certificates, and liveness timing."""
@@ -232,6 +246,12 @@ class DeploymentConfig:
     handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        require(
+            address_port(self.address) is not None,
+            "address",
+            "must be HOST:PORT with a port in [0, 65535] (0: any free port)",
+            self.address,
+        )
         require(
             self.checkpoint_every >= 0,
             "checkpoint_every",
@@ -334,6 +354,7 @@ class ExperimentConfig:
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**63, "seed", "must be in [0, 2^63)", self.seed)
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         require(self.num_clients >= 1, "num_clients", "must be >= 1", self.num_clients)
         require(

@@ -135,7 +135,12 @@ async def serve(
         ]
     )
     add_coordinator(service, server)
-    port = server.add_secure_port(address, server_credentials(cert_dir))
+    try:
+        port = server.add_secure_port(address, server_credentials(cert_dir))
+    except RuntimeError as error:
+        raise ConfigError(
+            f"deployment.address: cannot listen on {address} (in use?): {error}"
+        ) from None
     stop = asyncio.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)

@@ -64,13 +64,26 @@ class Experiment:
         return GlobalModel(params, buffers, 0)
 
 
+def meta_layout(
+    builder: Callable[[], nn.Module], input_shape: tuple[int, ...], name: str
+) -> ModelLayout:
+    """The model's layout, after building it and running one example through it on the meta
+    device (no memory, no compute): a model that does not fit the data is a ConfigError."""
+    try:
+        with torch.device("meta"):
+            module = builder()
+            module(torch.empty(1, *input_shape))
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise ConfigError(f"model.name: {name} cannot run on this dataset: {error}") from None
+    return ModelLayout.of(module)
+
+
 def make_experiment(data: dict[str, Any]) -> Experiment:
     """Build an experiment from a composed config dict (validates first, loads data second)."""
     config, strategy_options = parse_experiment(data)
     federation = make_federation(config)
     builder = model_builder(config, federation.dataset)
-    with torch.device("meta"):
-        layout = ModelLayout.of(builder())
+    layout = meta_layout(builder, federation.dataset.info.input_shape, config.model.name)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
     return Experiment(config, federation, builder, layout, strategy)

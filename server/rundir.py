@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,11 @@ from fedcore.state_files import write_atomically
 from fedcore.strategies.base import GlobalModel
 
 
+def finite_or_null(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with NaN and infinite numbers as null, so every line stays valid JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 class RunDirectory:
     """Collects metrics rows and writes the run's artefacts."""
 
@@ -29,6 +35,7 @@ class RunDirectory:
         up to that version are kept, later ones (of an interrupted round) dropped."""
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)  # models, ledger and config are the run owner's alone
         write_atomically(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         metrics = path / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = []
@@ -43,7 +50,7 @@ class RunDirectory:
         """Record one metrics row (flushed at once, so a crash keeps what was measured)."""
         row = {**row, "wall": round(time.perf_counter() - self.started, 3)}
         self.rows.append(row)
-        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.write(json.dumps(finite_or_null(row)) + "\n")
         self._metrics.flush()
 
     def finish(

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from fedcore.bounded import capped
 from fedcore.config import ValidationPolicy
 from fedcore.params import ModelLayout
 from fedcore.payloads import SEED_POOL, PayloadError, SeedDelta, all_finite, check_payload
@@ -24,6 +25,9 @@ def validate(
 ) -> None:
     """UpdateRejected naming why, unless `update` is sound for `task`, whose upload must carry
     a payload of kind `expected`."""
+    bad = sorted(k for k, v in update.metrics.items() if not math.isfinite(v))
+    if bad:
+        raise UpdateRejected(f"metric {capped(bad[0], 64)!r} is not finite")
     if update.base_version != task.version:
         raise UpdateRejected(
             f"update is based on version {update.base_version}, the task gave version {task.version}"

@@ -1,15 +1,18 @@
 """Config validation: every bad key, type or value fails before training, naming the key."""
 
+import socket
 import subprocess
 import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from fedcore.server.experiment import parse_experiment
+from fedcore.config import address_port
+from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.strategies.fedprox import FedProxConfig
 from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
+from tests.processes import make_certs, start_server
 
 
 def test_default_config_parses_into_typed_sections():
@@ -65,6 +68,11 @@ def test_issue_example_overrides_compose():
         (["strategy.name=fedmagic"], "strategy.name: must be one of"),
         (["partition.scheme=random"], "partition.scheme: must be one of"),
         (["training.lr=0"], "training.lr: must be finite and > 0"),
+        (["seed=-1"], "seed: must be in [0, 2^63), got -1"),
+        (["deployment.address=127.0.0.1:99999"], "deployment.address: must be HOST:PORT"),
+        (["deployment.address=localhost"], "deployment.address: must be HOST:PORT"),
+        (["deployment.address=::1:80"], "deployment.address: must be HOST:PORT"),
+        (["deployment.upload_timeout=inf"], "deployment.upload_timeout: must be finite"),
         (["training.batch_size=0"], "training.batch_size: must be >= 1"),
         (["client_profiles.availability=0"], "client_profiles.availability: must be in (0, 1]"),
         (["client_profiles.speed=tiers"], "client_profiles.tiers: must list at least one tier"),
@@ -106,3 +114,30 @@ def test_cli_multirun_sweeps(tmp_path):
     assert result.returncode == 0, result.stderr
     runs = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
     assert len(runs) == 2
+
+
+def test_a_model_that_cannot_run_on_the_data_is_a_config_error():
+    overrides = ["model=lenet5", "dataset=heart", "partition=natural", "num_clients=4"]
+    with pytest.raises(ConfigError, match=r"model\.name: lenet5 cannot run on this dataset"):
+        make_experiment(composed(*overrides, "clients_per_round=2"))
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:50051", "[::1]:0", "server.example:443"])
+def test_addresses_with_a_port_are_accepted(address):
+    assert address_port(address) is not None
+    parse_experiment(composed(f"deployment.address='{address}'"))
+
+
+def test_a_port_in_use_ends_the_server_with_one_line(tmp_path):
+    make_certs(tmp_path, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = start_server(
+            tmp_path, "num_clients=1", "clients_per_round=1", f"deployment.address=127.0.0.1:{port}"
+        )
+        output = server.communicate(timeout=120)[0]
+    assert server.returncode == 2, output
+    assert f"fedcore: deployment.address: cannot listen on 127.0.0.1:{port} (in use?)" in output
+    assert "Traceback" not in output
