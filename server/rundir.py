@@ -20,9 +20,15 @@ from fedcore.state_files import write_atomically
 from fedcore.strategies.base import GlobalModel
 
 
-def finite_or_null(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with NaN and infinite numbers as null, so every line stays valid JSON."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+def finite_or_null(value: Any) -> Any:
+    """`value` with NaN and infinite numbers (at any depth) as null, so it is valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 class RunDirectory:
@@ -75,7 +81,8 @@ class RunDirectory:
             write_atomically(self.path / "model.fct", model_frames(model, layout))
         if plot and self.rows:
             plot_metrics(self.rows, self.path / "metrics.png", title)
-        write_atomically(self.path / "summary.json", json.dumps(summary, indent=2).encode())
+        document = json.dumps(finite_or_null(summary), indent=2)
+        write_atomically(self.path / "summary.json", document.encode())
 
 
 def model_frames(model: GlobalModel, layout: ModelLayout) -> Iterator[bytes | memoryview]:
