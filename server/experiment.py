@@ -64,15 +64,14 @@ class Experiment:
         return GlobalModel(params, buffers, 0)
 
 
-def meta_layout(
-    builder: Callable[[], nn.Module], input_shape: tuple[int, ...], name: str
-) -> ModelLayout:
-    """The model's layout, after building it and running one example through it on the meta
-    device (no memory, no compute): a model that does not fit the data is a ConfigError."""
+def meta_layout(builder: Callable[[], nn.Module], sample: torch.Tensor, name: str) -> ModelLayout:
+    """The model's layout, after building it and running `sample` (a batch of one example)
+    through it on the meta device (no memory, no compute): a model that does not fit the data
+    is a ConfigError."""
     try:
         with torch.device("meta"):
             module = builder()
-            module(torch.empty(1, *input_shape))
+            module(torch.empty_like(sample, device="meta"))
     except (ValueError, RuntimeError, TypeError) as error:
         raise ConfigError(f"model.name: {name} cannot run on this dataset: {error}") from None
     return ModelLayout.of(module)
@@ -83,7 +82,8 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     config, strategy_options = parse_experiment(data)
     federation = make_federation(config)
     builder = model_builder(config, federation.dataset)
-    layout = meta_layout(builder, federation.dataset.info.input_shape, config.model.name)
+    sample = federation.dataset.train.x[:1]
+    layout = meta_layout(builder, sample, config.model.name)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
     return Experiment(config, federation, builder, layout, strategy)
