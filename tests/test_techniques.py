@@ -3,8 +3,11 @@ a technique added as a plug-in, client state that survives a restart, clip and t
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +160,45 @@ def test_topk_keeps_the_largest_entries_in_the_smaller_encoding(fraction, encodi
     dense = out.dense(1000)
     assert torch.equal(dense[sorted(chosen)], values[sorted(chosen)])
     assert int((dense != 0).sum()) == keep
+
+
+def test_the_documented_plugin_command_runs_from_the_repository(tmp_path):
+    """`fedcore sim plugins=[tests.plugins.sign_sgd] training.technique=sign_sgd` (README and
+    docs/client-techniques.md), through the installed console script, which finds the plug-in
+    in the current directory."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fedcore"),
+            "sim",
+            "plugins=[tests.plugins.sign_sgd]",
+            "training.technique=sign_sgd",
+            *FAST,
+            "rounds=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["training.transforms=[{name: clip, max_norm: 5.0}, {name: topk, fraction: 0.05}]"],
+        ["strategy=fedbuff", "strategy.server_step.name=adam", "strategy.server_step.lr=0.01"],
+        ["strategy=fedcompass", "strategy.server_step.name=momentum"],
+        ["strategy=fedyogi"],
+        ["strategy=fedadagrad"],
+    ],
+)
+def test_the_documented_overrides_run(overrides):
+    """The other commands of docs/client-techniques.md and the README, for one version."""
+    compass = ["strategy.min_local_steps=2", "strategy.max_local_steps=5"]
+    extra = compass if "strategy=fedcompass" in overrides else []
+    summary = simulate(composed(*FAST, *overrides, *extra, "rounds=1"), None)
+    assert summary["versions"] == 1
