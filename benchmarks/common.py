@@ -23,6 +23,17 @@ from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
+#: A small synthetic experiment that simulates in about a second (tests use it too).
+FAST_OVERRIDES = [
+    "dataset=synthetic",
+    "model=mlp",
+    "num_clients=20",
+    "clients_per_round=5",
+    "rounds=3",
+    "training.local_steps=5",
+    "output.progress=off",
+    "evaluation.federated_clients=5",
+]
 GB = 1e9
 MIB = 2**20
 

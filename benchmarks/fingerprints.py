@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import (
+    FAST_OVERRIDES,
     composed_config,
     environment,
     make_parser,
@@ -23,16 +24,6 @@ from benchmarks.common import (
 )
 from fedcore.server.simulation import simulate
 
-FAST = [
-    "dataset=synthetic",
-    "model=mlp",
-    "num_clients=20",
-    "clients_per_round=5",
-    "rounds=3",
-    "training.local_steps=5",
-    "output.progress=off",
-    "evaluation.federated_clients=5",
-]
 COMPASS = ["strategy=fedcompass", "strategy.min_local_steps=2"]
 CASES: dict[str, list[str]] = {
     "fedavg": [],
@@ -70,7 +61,7 @@ def main() -> None:
     names = QUICK if args.quick else tuple(CASES)
     sha256, rows = {}, []
     for name in names:
-        summary = simulate(composed_config(*FAST, *CASES[name]), None)
+        summary = simulate(composed_config(*FAST_OVERRIDES, *CASES[name]), None)
         sha256[name] = summary["model_sha256"]
         compared = (
             "" if name not in earlier else "SAME" if earlier[name] == sha256[name] else "DIFF"

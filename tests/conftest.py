@@ -10,19 +10,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from benchmarks.common import FAST_OVERRIDES
 from tests.processes import kill_leftovers
 from tests.rvstack import CACHE, REPO, set_up
 
-FAST = [
-    "dataset=synthetic",
-    "model=mlp",
-    "num_clients=20",
-    "clients_per_round=5",
-    "rounds=3",
-    "training.local_steps=5",
-    "output.progress=off",
-    "evaluation.federated_clients=5",
-]
+FAST = FAST_OVERRIDES
 
 
 def composed(*overrides: str) -> dict[str, Any]:
