@@ -74,6 +74,17 @@ class _Spool:
             self.path.unlink(missing_ok=True)
 
 
+def spooled(vector: torch.Tensor, directory: Path, min_bytes: int) -> torch.Tensor:
+    """`vector` moved to an unlinked, mapped file in `directory` (page cache, not the process's
+    memory) when it holds at least `min_bytes`; else `vector` itself."""
+    vector = vector.contiguous()
+    if vector.numel() * vector.element_size() < min_bytes:
+        return vector
+    spool = _Spool(directory, vector.numel(), vector.dtype)
+    spool.write(0, vector.view(torch.uint8).numpy())
+    return spool.tensor()
+
+
 class VectorAssembler:
     """Collects the frames of named 1-D vectors of known sizes and dtypes."""
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,11 +23,16 @@ import torch
 from fedcore.clients.techniques import TaskError
 from fedcore.clients.trainer import expected_payload
 from fedcore.params import ModelLayout
+from fedcore.payloads import DenseDelta
 from fedcore.records import Task, Update, describe
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, chunk_digests
 from fedcore.server.ledger import Ledger
 from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
+from fedcore.wire import spooled
+
+#: Vectors of a held arrival at least this large go to the spool (`Coordinator.keep`).
+KEEP_SPOOL_BYTES = 1 << 20
 
 
 class Driver(Protocol):
@@ -116,8 +122,10 @@ class Coordinator:
         client_speed: Callable[[int], float | None] | None = None,
         evaluation: FederatedEvaluation | None = None,
         evaluation_candidates: Callable[[], list[int]] | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.strategy = strategy
+        self.spool_dir = spool_dir
         self._client_speed = client_speed
         self._layout = layout
         self._model = initial
@@ -189,6 +197,20 @@ class Coordinator:
         """Ask the driver for a timer; a later request for the same key replaces it."""
         self._timers[key] = at
         self.driver.schedule(at, key)
+
+    def keep(self, arrival: Arrival) -> Arrival:
+        """`arrival` with its dense delta and buffers of at least KEEP_SPOOL_BYTES moved to the
+        spool directory (unchanged without one)."""
+        update = arrival.update
+        if self.spool_dir is None:
+            return arrival
+        payload = update.payload
+        if isinstance(payload, DenseDelta):
+            payload = DenseDelta(spooled(payload.values, self.spool_dir, KEEP_SPOOL_BYTES))
+        buffers = update.buffers
+        if buffers is not None:
+            buffers = spooled(buffers, self.spool_dir, KEEP_SPOOL_BYTES)
+        return replace(arrival, update=replace(update, payload=payload, buffers=buffers))
 
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
         """Install the next version, tell listeners, and stop after `max_versions`."""

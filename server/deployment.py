@@ -301,6 +301,8 @@ def deploy(
             state.time if state else 0.0,
         )
         evaluation = experiment.config.evaluation
+        spool_dir = (run_path or Path(tempfile.gettempdir())) / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
         coordinator = Coordinator(
             experiment.strategy,
             experiment.layout,
@@ -319,10 +321,9 @@ def deploy(
                 experiment.config.seed,
             ),
             evaluation_candidates=driver.connected_clients,
+            spool_dir=spool_dir,
         )
         driver.coordinator = coordinator
-        spool_dir = (run_path or Path(tempfile.gettempdir())) / "spool"
-        spool_dir.mkdir(parents=True, exist_ok=True)
         service = CoordinatorService(
             coordinator,
             registry,

@@ -90,7 +90,11 @@ class Simulation:
     """Runs one experiment to its end on a virtual clock (implements the coordinator's Driver)."""
 
     def __init__(
-        self, experiment: Experiment, config_data: dict[str, Any], ledger: Ledger | None = None
+        self,
+        experiment: Experiment,
+        config_data: dict[str, Any],
+        ledger: Ledger | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.experiment = experiment
         config = experiment.config
@@ -114,6 +118,7 @@ class Simulation:
                 evaluation.every, evaluation.federated_clients, config.rounds, config.seed
             ),
             evaluation_candidates=lambda: sample,
+            spool_dir=spool_dir,
         )
         self._clock = 0.0
         self._events: list[Event] = []
@@ -318,7 +323,11 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
     """Run the experiment `config_data` describes; write its run directory; return the summary."""
     experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
-    simulation = Simulation(experiment, config_data, ledger)
+    spool_dir = None
+    if run_path is not None:
+        spool_dir = run_path / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+    simulation = Simulation(experiment, config_data, ledger, spool_dir)
     report = RunReport(
         experiment,
         config_data,

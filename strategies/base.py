@@ -117,6 +117,10 @@ class StrategyContext(Protocol):
     def set_timer(self, at: float, key: str) -> None:
         """Call `on_timer(key)` at time `at` (replacing a pending timer of that key)."""
 
+    def keep(self, arrival: Arrival) -> Arrival:
+        """`arrival`, for holding past the event that brought it: its large vectors moved to
+        disk when the runtime has a spool, so held updates do not each cost their size in RAM."""
+
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
         """Make (params, buffers) the next global model version and return it.
 

@@ -35,6 +35,7 @@ import torch
 from fedcore.records import Task
 from fedcore.strategies.base import Arrival
 from fedcore.strategies.fedavg import FedAvg, FedAvgConfig
+from fedcore.strategies.rounds import ClientOrder
 from fedcore.typed_config import require
 
 InitPhase = Literal["pending", "running", "done"]
@@ -94,6 +95,7 @@ class FedAMD(FedAvg):
         self.anchors: set[int] = set()
         self.init_phase: InitPhase = "pending" if config.init_round else "done"
         self.init_waiting: set[int] = set()
+        self._init_order = ClientOrder(lambda arrival: self.ctx.keep(arrival))
         self._direction: tuple[int, torch.Tensor | None] = (-1, None)
 
     # -- events: the optional initial all-client anchor phase, then synchronous rounds ---------
@@ -118,12 +120,13 @@ class FedAMD(FedAvg):
         if self.init_phase != "running":
             super().on_update(arrival)
         elif client in self.init_waiting:
-            self._store(client, arrival.delta, arrival.base.version)
+            self._store_all(self._init_order.arrive(arrival))
             self._init_returned(client)
 
     def on_task_lost(self, task: Task) -> None:
         """A client lost during the initial phase is not waited for."""
         if self.init_phase == "running":
+            self._store_all(self._init_order.drop(task.client_id))
             self._init_returned(task.client_id)
         else:
             super().on_task_lost(task)
@@ -134,6 +137,7 @@ class FedAMD(FedAvg):
             return
         self.init_phase = "running"
         self.init_waiting = set(idle)
+        self._init_order.expect(idle)
         for client in idle:
             self.ctx.dispatch(self._anchor_task(client, None))
 
@@ -219,6 +223,12 @@ class FedAMD(FedAvg):
             hyper["anchor_base"] = float(self.counted.get(client_id, -1))
         steps = math.ceil(batch / training.batch_size) if batch else 1
         return replace(task, technique="anchor", local_steps=steps, hyper=hyper)
+
+    def _store_all(self, arrivals: list[Arrival]) -> None:
+        """Store initial-phase anchors in client order (the float sum is then the same bits in
+        any arrival order)."""
+        for arrival in arrivals:
+            self._store(arrival.update.client_id, arrival.delta, arrival.base.version)
 
     def _store(self, client: int, gradient: torch.Tensor, version: int) -> None:
         """Fold an anchor upload into S: a gradient replacing the stored one (server store), or

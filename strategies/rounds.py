@@ -1,12 +1,15 @@
 """Synchronous rounds as an event policy: sample a cohort, wait for it (or its deadline), aggregate.
 
 Subclasses decide what a task carries and how arrivals are combined; the round bookkeeping
-(sampling, deadlines, partial cohorts, lost clients) lives here once.
+(sampling, deadlines, partial cohorts, lost clients) lives here once. Arrivals are absorbed in
+ascending client order whatever order the network delivers them in (`ClientOrder`), so a
+round's float sums, and the model, are the same bits in simulation and in any deployment.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,56 @@ class RoundConfig:
         require(0 < self.min_fraction <= 1, "min_fraction", "must be in (0, 1]", self.min_fraction)
 
 
+class ClientOrder:
+    """Releases a round's arrivals in ascending client order: an arrival waits (held through
+    `keep`, on disk when large) until every lower-numbered member has arrived or dropped out."""
+
+    def __init__(self, keep: Callable[[Arrival], Arrival]) -> None:
+        self._keep = keep
+        self._order: list[int] = []
+        self._next = 0
+        self._dropped: set[int] = set()
+        self._waiting: dict[int, Arrival] = {}
+
+    def expect(self, clients: Iterable[int]) -> None:
+        """Start a round awaiting `clients`, forgetting anything held."""
+        self._order = sorted(clients)
+        self._next = 0
+        self._dropped = set()
+        self._waiting = {}
+
+    def arrive(self, arrival: Arrival) -> list[Arrival]:
+        """Take an arrival; return those now due, in client order."""
+        client = arrival.update.client_id
+        self._waiting[client] = arrival
+        due = self._release()
+        if client in self._waiting:
+            self._waiting[client] = self._keep(arrival)
+        return due
+
+    def drop(self, client: int) -> list[Arrival]:
+        """A member will not arrive; return the arrivals that no longer wait for it."""
+        self._dropped.add(client)
+        return self._release()
+
+    def rest(self) -> list[Arrival]:
+        """Everything still held, in client order (the round closes without the missing)."""
+        due = [self._waiting.pop(client) for client in sorted(self._waiting)]
+        self._next = len(self._order)
+        return due
+
+    def _release(self) -> list[Arrival]:
+        due = []
+        while self._next < len(self._order):
+            client = self._order[self._next]
+            if client in self._waiting:
+                due.append(self._waiting.pop(client))
+            elif client not in self._dropped:
+                break
+            self._next += 1
+        return due
+
+
 class SynchronousRounds(Strategy):
     """Round r: K idle clients train from model r; the round closes when all K return, or at its
     deadline with at least `min_fraction` of them; then `aggregate()` gives model r + 1."""
@@ -53,13 +106,14 @@ class SynchronousRounds(Strategy):
         self.cohort: set[int] = set()
         self.arrived: set[int] = set()
         self.in_round = False
+        self._order = ClientOrder(lambda arrival: self.ctx.keep(arrival))
 
     def on_start(self) -> None:
         """Open the first round (or re-dispatch the one a checkpoint interrupted)."""
         if self.in_round:
-            self.in_round = False
-            self.reset_round()
-        self._try_open_round()
+            self._abandon_round()
+        else:
+            self._try_open_round()
 
     def on_client_idle(self, client_id: int) -> None:
         """A newly idle client may complete the number needed to open a round."""
@@ -71,7 +125,7 @@ class SynchronousRounds(Strategy):
         client = arrival.update.client_id
         if not self.in_round or client not in self.cohort or client in self.arrived:
             return
-        self.absorb(arrival)
+        self._absorb_all(self._order.arrive(arrival))
         self.arrived.add(client)
         if self.arrived == self.cohort:
             self._close_round()
@@ -83,9 +137,7 @@ class SynchronousRounds(Strategy):
         if len(self.arrived) >= max(1, self.config.min_fraction * len(self.cohort)):
             self._close_round()
         else:
-            self.in_round = False
-            self.reset_round()
-            self._try_open_round()
+            self._abandon_round()
 
     def on_task_lost(self, task: Task) -> None:
         """A lost member shrinks the cohort: the round may now be complete, or, with nobody
@@ -93,12 +145,11 @@ class SynchronousRounds(Strategy):
         if not self.in_round or task.client_id not in self.cohort:
             return
         self.cohort.discard(task.client_id)
+        self._absorb_all(self._order.drop(task.client_id))
         if self.arrived and self.arrived == self.cohort:
             self._close_round()
         elif not self.cohort:
-            self.in_round = False
-            self.reset_round()
-            self._try_open_round()
+            self._abandon_round()
 
     def _try_open_round(self) -> None:
         idle = self.ctx.idle_clients()
@@ -110,6 +161,7 @@ class SynchronousRounds(Strategy):
         self.in_round = True
         self.cohort = set(chosen)
         self.arrived = set()
+        self._order.expect(chosen)
         self.reset_round()
         deadline = self.ctx.now + self.config.round_timeout if self.config.round_timeout else None
         for client in chosen:
@@ -118,6 +170,7 @@ class SynchronousRounds(Strategy):
             self.ctx.set_timer(deadline, f"{ROUND_TIMER}-{self.round}")
 
     def _close_round(self) -> None:
+        self._absorb_all(self._order.rest())
         params, buffers = self.aggregate()
         self.in_round = False
         self.ctx.publish(
@@ -125,6 +178,17 @@ class SynchronousRounds(Strategy):
         )
         self.reset_round()
         self._try_open_round()
+
+    def _abandon_round(self) -> None:
+        """Drop the round in flight, and what it held, for a new one."""
+        self.in_round = False
+        self._order.expect(())
+        self.reset_round()
+        self._try_open_round()
+
+    def _absorb_all(self, arrivals: list[Arrival]) -> None:
+        for arrival in arrivals:
+            self.absorb(arrival)
 
     def make_task(self, client_id: int, deadline: float | None) -> Task:
         """The task for one cohort member: local SGD from the current model."""

@@ -62,6 +62,9 @@ class ScriptedContext:
     def set_timer(self, at: float, key: str) -> None:
         self.timers[key] = at
 
+    def keep(self, arrival: Arrival) -> Arrival:
+        return arrival
+
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
         self._model = GlobalModel(params, buffers, self._model.version + 1)
         self.history.append(self._model)

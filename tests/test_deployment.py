@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from fedcore.server.coordinator import model_digest
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
+from fedcore.strategies.base import GlobalModel
 from tests.processes import client, finish_federation, make_certs, server_port, start_server
 
 pytestmark = pytest.mark.slow
@@ -33,13 +36,19 @@ SERVER_ARGS = [
 
 @pytest.fixture(scope="module")
 def federation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One server and four clients, run to completion; returns the server's run directory."""
+    """One server and four clients (client 3 the slowest), run to completion; returns the
+    server's run directory."""
     root = tmp_path_factory.mktemp("deploy")
     make_certs(root, 4)
     server = start_server(root, *SERVER_ARGS)
     port = server_port(server)
-    finish_federation(server, [client(root, port, i) for i in range(4)], accepted=3)
+    finish_federation(server, _clients(root, port, slow=3), accepted=3)
     return root / "run"
+
+
+def _clients(root: Path, port: int, slow: int) -> list[subprocess.Popen[str]]:
+    """The four clients, client `slow` slowed so that it returns last in every round."""
+    return [client(root, port, i, *(["--slow", "0.3"] if i == slow else [])) for i in range(4)]
 
 
 def test_federation_over_mutual_tls_completes_with_every_update_accepted(
@@ -54,13 +63,31 @@ def test_federation_over_mutual_tls_completes_with_every_update_accepted(
     assert all(e["profile"]["step_seconds"] > 0 for e in joins)
 
 
-def test_deployment_reaches_the_simulation_model(federation_run: Path) -> None:
-    """Same config and seed: same cohorts, task seeds and local training; FedAvg folds the four
-    fp32 updates in network arrival order instead of the simulation's event order, so the
-    models agree to float32 rounding (1e-6), not bit for bit."""
+def _arrivals(run: Path) -> list[list[int]]:
+    """Each round's accepted clients in the order the server received them."""
+    entries = read_ledger(run / "ledger.jsonl")
+    accepted = [e for e in entries if e["event"] == "accepted"]
+    return [[e["client"] for e in accepted if e["base_version"] == v] for v in range(3)]
+
+
+def test_deployment_is_the_simulation_bit_for_bit_in_any_arrival_order(
+    federation_run: Path, tmp_path: Path
+) -> None:
+    """Same config and seed: same cohorts, task seeds and local training, and rounds fold in
+    client order; a second run whose client 0 is slowed (so it arrives last, not first) gives
+    the model sha256 of the first run (client 3 last) and of the simulation."""
+    make_certs(tmp_path, 4)
+    server = start_server(tmp_path, *SERVER_ARGS)
+    port = server_port(server)
+    finish_federation(server, _clients(tmp_path, port, slow=0), accepted=3)
+    reordered = tmp_path / "run"
+    assert [order[-1] for order in _arrivals(federation_run)] == [3, 3, 3]
+    assert [order[-1] for order in _arrivals(reordered)] == [0, 0, 0]
+
     config = yaml.safe_load((federation_run / "config.yaml").read_text())
     experiment = make_experiment(config)
-    simulated = Simulation(experiment, config).run().final
-    deployed, _ = read_model_file(federation_run / "model.fct", experiment.layout)
-    assert not torch.equal(deployed, experiment.initial_model().params)
-    assert torch.allclose(deployed, simulated.params, atol=1e-6, rtol=0)
+    simulated = model_digest(Simulation(experiment, config).run().final)
+    for run in (federation_run, reordered):
+        params, buffers = read_model_file(run / "model.fct", experiment.layout)
+        assert not torch.equal(params, experiment.initial_model().params)
+        assert model_digest(GlobalModel(params, buffers, 3)) == simulated
