@@ -99,7 +99,7 @@ def _start_server(root: Path, overrides: list[str]) -> tuple[subprocess.Popen[st
             "server",
             *overrides,
             "deployment.address=127.0.0.1:0",
-            f"deployment.certs={root / 'certs'}",
+            f"deployment.certs={root / 'certs' / 'server'}",
             f"hydra.run.dir={root / 'run'}",
         ],
         cwd=REPO_ROOT,

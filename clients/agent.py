@@ -213,7 +213,11 @@ class ClientAgent:
 
     def _join(self, stub: pb_grpc.CoordinatorStub) -> None:
         reply = stub.Join(
-            pb.JoinRequest(client_id=self.settings.client_id, profile=self.measure_profile()),
+            pb.JoinRequest(
+                client_id=self.settings.client_id,
+                profile=self.measure_profile(),
+                num_examples=0 if self.local_data is None else len(self.local_data[0]),
+            ),
             timeout=60,
         )
         self.connected_once = True

@@ -3,15 +3,17 @@
 Keys are ECDSA P-384 and certificates are signed with SHA-384. A client's id is its subject CN
 and, authoritatively, the single URI SAN `fedcore://client/<id>`, so the server binds an RPC's
 claimed `client_id` to the certificate the TLS handshake verified (`peer_client_id` reads it
-from a gRPC `context.auth_context()`). The server is to admit only ids listed in
-`enrolled.txt`: there are no CRLs, so deleting a client's line there is how it is revoked.
+from a gRPC `context.auth_context()`). The server admits only ids listed in `enrolled.txt`
+and refuses those in `revoked.txt` (there are no CRLs).
 
 Layout of a certificate directory (`fedcore certs init --dir DIR ...`):
 
-    DIR/ca.pem  DIR/ca.key                 the CA (keep ca.key off the server if you can)
-    DIR/server.pem  DIR/server.key         the server's certificate, SANs = --server-name
-    DIR/clients/<id>.pem  <id>.key         one pair per client; copy each to its client only
-    DIR/enrolled.txt                       the server's enrolment list, one client id a line
+    DIR/ca.pem  DIR/ca.key                 the CA: ca.key signs new clients, keep it offline
+    DIR/server/                            all the server needs (`deployment.certs=DIR/server`):
+        ca.pem  server.pem  server.key     the CA's certificate, the server's, SANs = --server-name
+        enrolled.txt  revoked.txt          enrolment list and revocations, one client id a line
+    DIR/clients/<id>.pem  <id>.key         one pair per client; copy each, with ca.pem, to its
+                                           client only
 
 Private keys are PEM (PKCS#8) and *unencrypted*, so servers and clients start unattended;
 they are written with mode 0600 and are protected only by file permissions. Only APIs present
@@ -40,6 +42,8 @@ CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 CLIENTS_DIR = "clients"
+#: The folder of a certificate directory that the server is given: no CA key, no client keys.
+SERVER_DIR = "server"
 ENROLLED = "enrolled.txt"
 #: Enrolled clients whose certificates the server no longer accepts (one id a line). A client
 #: keeps its number (its line in enrolled.txt), so a run with revocations still resumes.
@@ -114,6 +118,11 @@ def create_ca(
     return ca
 
 
+def server_dir(directory: Path | str) -> Path:
+    """The server's folder of a certificate directory."""
+    return Path(directory) / SERVER_DIR
+
+
 def create_server_cert(
     directory: Path | str,
     ca: Identity,
@@ -122,14 +131,16 @@ def create_server_cert(
     *,
     force: bool = False,
 ) -> Identity:
-    """Issue the server's certificate (server.pem, server.key) for DNS names and IP addresses."""
+    """Issue the server's certificate (server/server.pem, .key) for DNS names and IP
+    addresses, with the CA's certificate beside it."""
     if not names:
         raise CertError("the server certificate needs at least one DNS name or IP address")
-    root = Path(directory)
+    root = server_dir(directory)
     _refuse_existing([root / SERVER_CERT, root / SERVER_KEY], force)
     sans = [_server_san(name) for name in names]
     identity = _issue(ca, "fedcore server", sans, ExtendedKeyUsageOID.SERVER_AUTH, days)
     _write_identity(identity, root / SERVER_CERT)
+    _write_atomic(root / CA_CERT, ca.cert_pem, 0o644)
     return identity
 
 
@@ -141,13 +152,14 @@ def create_client_cert(
     *,
     force: bool = False,
 ) -> Identity:
-    """Issue a client's certificate (clients/<id>.pem, .key) and enrol its id in enrolled.txt."""
+    """Issue a client's certificate (clients/<id>.pem, .key) and enrol its id in the server's
+    enrolled.txt."""
     cert_path = client_cert_path(directory, client_id)
     _refuse_existing([cert_path, cert_path.with_suffix(".key")], force)
     san = x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + client_id)
     identity = _issue(ca, client_id, [san], ExtendedKeyUsageOID.CLIENT_AUTH, days)
     _write_identity(identity, cert_path)
-    _enrol(Path(directory), client_id)
+    _enrol(server_dir(directory), client_id)
     return identity
 
 
@@ -218,7 +230,10 @@ def revoked_clients(directory: Path | str) -> set[str]:
 
 
 def revoke_client(directory: Path, client_id: str) -> bool:
-    """Add an enrolled client to revoked.txt; False when it was revoked already."""
+    """Add an enrolled client to revoked.txt of a server folder, or of the server folder of a
+    certificate directory; False when it was revoked already."""
+    if (server_dir(directory) / ENROLLED).exists():
+        directory = server_dir(directory)
     if check_client_id(client_id) not in enrolled_clients(directory):
         raise CertError(f"{client_id} is not enrolled in {directory / ENROLLED}")
     if client_id in revoked_clients(directory):
@@ -278,7 +293,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--client", required=True, metavar="ID", help="the client id")
     add.add_argument("--force", action="store_true", help="replace the client's existing key")
     revoke = commands.add_parser("revoke", help="stop accepting an enrolled client's certificate")
-    revoke.add_argument("--dir", type=Path, required=True, help="certificate directory")
+    revoke.add_argument(
+        "--dir", type=Path, required=True, help="certificate directory, or the server's folder"
+    )
     revoke.add_argument("--client", required=True, metavar="ID", help="the client id")
     return parser
 
@@ -297,22 +314,26 @@ def _init_client_ids(args: argparse.Namespace) -> list[str]:
 
 def _init(directory: Path, server_names: list[str], client_ids: list[str], force: bool) -> None:
     """Create a whole certificate directory, checking every target before writing any."""
-    targets = [directory / name for name in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, ENROLLED)]
+    server = server_dir(directory)
+    targets = [directory / CA_CERT, directory / CA_KEY]
+    targets += [server / name for name in (CA_CERT, SERVER_CERT, SERVER_KEY, ENROLLED)]
     for client_id in client_ids:
         cert_path = client_cert_path(directory, client_id)
         targets += [cert_path, cert_path.with_suffix(".key")]
     _refuse_existing(targets, force)
     for name in server_names:
         _server_san(name)
-    if force:  # a new CA invalidates every earlier enrolment
-        (directory / ENROLLED).unlink(missing_ok=True)
+    if force:  # a new CA invalidates every earlier enrolment and revocation
+        (server / ENROLLED).unlink(missing_ok=True)
+        (server / REVOKED).unlink(missing_ok=True)
     ca = create_ca(directory, force=force)
     create_server_cert(directory, ca, server_names, force=force)
     for client_id in client_ids:
         create_client_cert(directory, ca, client_id, force=force)
     print(
-        f"wrote {directory}: CA, server certificate for {', '.join(server_names)}, "
-        f"{len(client_ids)} client certificate(s) in {directory / CLIENTS_DIR}, {ENROLLED}"
+        f"wrote {directory}: CA, {server} (the server's folder: certificate for "
+        f"{', '.join(server_names)}, {ENROLLED}), {len(client_ids)} client certificate(s) in "
+        f"{directory / CLIENTS_DIR}"
     )
 
 
@@ -422,5 +443,6 @@ def _enrol(directory: Path, client_id: str) -> None:
     path = directory / ENROLLED
     if path.exists() and client_id in enrolled_clients(directory):
         return
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(client_id + "\n")

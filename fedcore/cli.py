@@ -37,9 +37,11 @@ def _resolved(cfg: Any) -> tuple[dict[str, Any], Path]:
 
 
 def _reporting_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run; turn config, missing-data and certificate errors into one clear line and exit 2."""
+    """Run; turn config, missing-data and certificate errors into one clear line and exit 2, and
+    a lasting disk fault (the run stopped, resumable) into one line and exit 1."""
     from fedcore.certs import CertError
     from fedcore.data import DatasetUnavailable
+    from fedcore.server.disk import DiskFault
     from fedcore.typed_config import ConfigError
 
     try:
@@ -47,6 +49,9 @@ def _reporting_errors(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     except (ConfigError, DatasetUnavailable, CertError) as exc:
         print(f"fedcore: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except DiskFault as exc:
+        print(f"fedcore: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _run_simulation(cfg: Any) -> None:

@@ -203,9 +203,18 @@ class ValidationPolicy:
 
     max_examples: int = 10_000_000
     max_delta_norm: float = 0.0
+    #: An update counts for at most this multiple of the median example count clients declare
+    #: (their partition's size, or the count a client with its own data declares at join).
+    examples_vs_median: float = 3.0
 
     def __post_init__(self) -> None:
         require(self.max_examples >= 1, "max_examples", "must be >= 1", self.max_examples)
+        require(
+            self.examples_vs_median == 0 or self.examples_vs_median >= 1,
+            "examples_vs_median",
+            "must be 0 (no bound) or >= 1",
+            self.examples_vs_median,
+        )
         require(
             self.max_delta_norm >= 0,
             "max_delta_norm",

@@ -34,13 +34,17 @@ def write_atomically(path: Path, data: bytes | Iterable[bytes | memoryview]) -> 
     sha256 of what was written."""
     temporary = path.with_name(f".{path.name}.tmp")
     digest = hashlib.sha256()
-    with temporary.open("wb") as handle:
-        for piece in [data] if isinstance(data, bytes) else data:
-            digest.update(piece)
-            handle.write(piece)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    try:
+        with temporary.open("wb") as handle:
+            for piece in [data] if isinstance(data, bytes) else data:
+                digest.update(piece)
+                handle.write(piece)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # no debris, and its space back on a full disk
+        raise
     return digest.hexdigest()
 
 

@@ -26,6 +26,7 @@ import torch
 from fedcore.bounded import json_loads
 from fedcore.params import ModelLayout
 from fedcore.serialization import FrameError, decode_many, frames_of
+from fedcore.server.disk import DiskFault, retried
 from fedcore.state_files import MAX_STATE_DEPTH, pack, unpack, write_atomically
 from fedcore.strategies.base import GlobalModel
 
@@ -83,20 +84,24 @@ class CheckpointWriter:
     def __init__(self, store: CheckpointStore, log: Callable[[str], None]) -> None:
         self.store = store
         self.log = log
+        #: Hears (on the worker thread) of a checkpoint the disk kept refusing.
+        self.on_fault: Callable[[DiskFault], None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: list[Future[Path]] = []
 
     def submit(self, state: ServerState) -> None:
         """Snapshot `state` now and queue it for writing."""
         checkpoint = snapshot(state)
-        future = self._pool.submit(self.store.write, checkpoint)
+        future = self._pool.submit(retried, lambda: self.store.write(checkpoint), "a checkpoint")
         future.add_done_callback(self._report)
         written = [f for f in self._pending if f.done() and f.exception() is None]
         self._pending = [f for f in self._pending if f not in written] + [future]
 
     def _report(self, future: Future[Path]) -> None:
         error = future.exception()
-        if error is not None:
+        if isinstance(error, DiskFault) and self.on_fault is not None:
+            self.on_fault(error)
+        elif error is not None:
             self.log(f"writing a checkpoint failed: {error}")
 
     def drain(self) -> None:
@@ -138,13 +143,19 @@ class CheckpointStore:
         staging = self.directory / f".{final.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        digests = {
-            "tensors.fct": write_atomically(staging / "tensors.fct", frames_of(checkpoint.tensors)),
-            "state.json": write_atomically(staging / "state.json", checkpoint.document),
-        }
-        manifest = {"format": FORMAT, "files": digests}
-        write_atomically(staging / "manifest.json", json.dumps(manifest).encode())
-        _fsync_directory(staging)
+        try:
+            digests = {
+                "tensors.fct": write_atomically(
+                    staging / "tensors.fct", frames_of(checkpoint.tensors)
+                ),
+                "state.json": write_atomically(staging / "state.json", checkpoint.document),
+            }
+            manifest = {"format": FORMAT, "files": digests}
+            write_atomically(staging / "manifest.json", json.dumps(manifest).encode())
+            _fsync_directory(staging)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # give back the space it took
+            raise
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         _fsync_directory(self.directory)

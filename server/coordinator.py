@@ -123,9 +123,13 @@ class Coordinator:
         evaluation: FederatedEvaluation | None = None,
         evaluation_candidates: Callable[[], list[int]] | None = None,
         spool_dir: Path | None = None,
+        declared_examples: Callable[[int], int] | None = None,
     ) -> None:
         self.strategy = strategy
         self.spool_dir = spool_dir
+        #: Each client's declared example count (None: only validation.max_examples bounds
+        #: what an update claims).
+        self.declared_examples = declared_examples
         self._client_speed = client_speed
         self._layout = layout
         self._model = initial
@@ -321,6 +325,10 @@ class Coordinator:
             self.ledger.record("expired", reason=reason, **entry)
             self._idle_after(client, then_idle)
             return reason
+        cap = self._example_cap(client)
+        if update.num_examples > cap:
+            entry["examples_capped"] = cap
+            update = replace(update, num_examples=cap)
         self.ledger.record("accepted", staleness=staleness, **entry)
         if "train_loss" in update.metrics:
             self._losses.append(update.metrics["train_loss"])
@@ -392,6 +400,18 @@ class Coordinator:
         del self.outstanding[task.client_id]
         del self._expected[task.client_id]
         self._release(task.version)
+
+    def _example_cap(self, client: int) -> int:
+        """The most examples an update of `client` may count for: what it declared (its
+        partition, or its own data at join) and `examples_vs_median` x the clients' median."""
+        if self.declared_examples is None:
+            return self.policy.max_examples
+        declared = [self.declared_examples(c) for c in range(self._num_clients)]
+        cap = declared[client] or self.policy.max_examples
+        known = [count for count in declared if count]
+        if self.policy.examples_vs_median and known:
+            cap = min(cap, max(1, int(self.policy.examples_vs_median * float(np.median(known)))))
+        return cap
 
     def _payload_of(self, task: Task) -> str:
         """The payload kind `task`'s upload must carry, which the strategy must take."""

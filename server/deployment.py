@@ -8,6 +8,8 @@ than polling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
 import tempfile
 from collections.abc import Callable
@@ -18,7 +20,7 @@ import grpc
 import grpc.aio
 import yaml
 
-from fedcore.certs import enrolled_clients
+from fedcore.certs import CA_KEY, CLIENTS_DIR, enrolled_clients, server_dir
 from fedcore.records import Task
 from fedcore.rpc import add_coordinator
 from fedcore.server.checkpoints import (
@@ -28,6 +30,7 @@ from fedcore.server.checkpoints import (
     ServerState,
 )
 from fedcore.server.coordinator import Coordinator, FederatedEvaluation, Publication
+from fedcore.server.disk import DiskFault
 from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
 from fedcore.server.ledger import Ledger
 from fedcore.server.registry import Parked, Registry, log
@@ -39,6 +42,24 @@ from fedcore.typed_config import ConfigError
 ALL_GONE = "all clients gone"
 #: Concurrent RPCs on one connection (a client uses a heartbeat, a long-poll and one transfer).
 MAX_STREAMS_PER_CONNECTION = 16
+#: File descriptors kept back from connections for the server's own files (ledger, run
+#: directory, checkpoints, spool, data).
+RESERVED_FILES = 256
+
+
+def connection_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (the usual soft limit, 1,024, is
+    filled by that many idle connections) and return how many connections may be open at once,
+    so that accepting them can never starve the server of descriptors for its own files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        soft = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, soft - RESERVED_FILES)
+
+
 #: Config sections that may change between a run and its resumption.
 RESUMABLE_CHANGES = frozenset({"deployment", "output"})
 
@@ -52,10 +73,12 @@ class DeploymentDriver:
         loop: asyncio.AbstractEventLoop,
         registry: Registry,
         task_timeout: float,
+        partition_sizes: list[int],
         clock_start: float = 0.0,
     ) -> None:
         self.loop = loop
         self.registry = registry
+        self.partition_sizes = partition_sizes
         self.task_timeout = task_timeout
         self.started = loop.time() - clock_start
         self.coordinator: Coordinator | None = None
@@ -98,6 +121,13 @@ class DeploymentDriver:
         step = slot.profile.get("step_seconds") if slot is not None else None
         return float(step) if step else None
 
+    def declared_examples(self, number: int) -> int:
+        """The examples a client trains on: the count it declared at join when it brings its
+        own data, else its partition's size."""
+        slot = self.registry.slots.get(number)
+        claimed = int(slot.profile.get("examples", 0)) if slot is not None else 0
+        return claimed or self.partition_sizes[number]
+
     def connected_clients(self) -> list[int]:
         """Clients with a live session: those federated evaluation may ask."""
         return [n for n, slot in sorted(self.registry.slots.items()) if slot.session]
@@ -121,16 +151,18 @@ async def serve(
     gone_timeout: float,
     handshake_timeout: float,
     ready: Callable[[int], None],
+    stop: asyncio.Event,
 ) -> str:
     """Run the service until training finishes (clients evaluating the last model have replied
-    and every connected client has been told DONE), SIGTERM/SIGINT, or every client has been
-    gone for `gone_timeout` seconds; return why it stopped."""
+    and every connected client has been told DONE), SIGTERM/SIGINT or `stop`, or every client
+    has been gone for `gone_timeout` seconds; return why it stopped."""
     coordinator, registry = service.coordinator, service.registry
     loop = asyncio.get_running_loop()
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 4 << 20),
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.max_allowed_incoming_connections", connection_limit()),
             ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
         ]
     )
@@ -141,7 +173,6 @@ async def serve(
         raise ConfigError(
             f"deployment.address: cannot listen on {address} (in use?): {error}"
         ) from None
-    stop = asyncio.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
     wake = registry.changed
@@ -185,7 +216,7 @@ async def serve(
             else:
                 await wake.wait()
         if stop.is_set():
-            reason = "stopped by signal"
+            reason = "stopped"
         if coordinator.finished:
             await _finish_talking(service, liveness_timeout, stop)
     finally:
@@ -276,6 +307,12 @@ def deploy(
     experiment_config, _ = parse_experiment(config_data)
     config = experiment_config.deployment
     cert_dir = Path(config.certs)
+    if (cert_dir / CA_KEY).exists() or any(cert_dir.glob(f"{CLIENTS_DIR}/*.key")):
+        raise ConfigError(
+            f"deployment.certs: {cert_dir} holds the CA's or clients' private keys, which the "
+            f"server does not need; give it the server's folder: "
+            f"deployment.certs={server_dir(cert_dir)}"
+        )
     names = enrolled_clients(cert_dir)
     if len(names) != experiment_config.num_clients:
         raise ConfigError(
@@ -292,12 +329,29 @@ def deploy(
     )
 
     async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        faults: list[DiskFault] = []
+
+        def disk_fault(fault: DiskFault) -> None:
+            """A lasting write fault (heard on any thread): the run stops."""
+
+            def halt() -> None:
+                faults.append(fault)
+                stop.set()
+
+            loop.call_soon_threadsafe(halt)
+
+        ledger.on_fault(disk_fault)
+        if writer is not None:
+            writer.on_fault = disk_fault
         registry = Registry(names, cert_dir)
         registry.refresh_revocations()
         driver = DeploymentDriver(
             asyncio.get_running_loop(),
             registry,
             config.task_timeout,
+            [len(part) for part in experiment.federation.train_parts],
             state.time if state else 0.0,
         )
         evaluation = experiment.config.evaluation
@@ -322,6 +376,7 @@ def deploy(
             ),
             evaluation_candidates=driver.connected_clients,
             spool_dir=spool_dir,
+            declared_examples=driver.declared_examples,
         )
         driver.coordinator = coordinator
         service = CoordinatorService(
@@ -343,12 +398,18 @@ def deploy(
             lambda: (service.bytes_down, service.bytes_up),
             resume_version=state.model.version if state else None,
         )
+        if report.run_dir is not None:
+            report.run_dir.on_fault(disk_fault)
         coordinator.listeners.append(report.record)
         coordinator.evaluation_listeners.append(report.federated)
 
         def checkpoint(publication: Publication) -> None:
             version = publication.model.version
-            if writer is None or (version % config.checkpoint_every and not coordinator.finished):
+            if (
+                writer is None
+                or faults
+                or (version % config.checkpoint_every and not coordinator.finished)
+            ):
                 return
             writer.submit(
                 ServerState(
@@ -372,17 +433,36 @@ def deploy(
                     gone_timeout=config.gone_timeout,
                     handshake_timeout=config.handshake_timeout,
                     ready=ready,
+                    stop=stop,
                 )
         finally:
             if writer is not None:
-                writer.drain()
+                try:
+                    writer.drain()
+                except DiskFault as fault:
+                    faults.append(fault)
         ledger.close()
-        return report.finish(
-            coordinator.model,
-            ledger,
-            stop_reason=reason,
-            complete=coordinator.finished,
-            seconds=driver.now(),
-        )
+        if faults:
+            reason = f"stopped on a disk fault: {faults[0]}"
+        try:
+            summary = report.finish(
+                coordinator.model,
+                ledger,
+                stop_reason=reason,
+                complete=coordinator.finished,
+                seconds=driver.now(),
+            )
+        except OSError as error:
+            if not faults:
+                raise
+            faults.append(DiskFault(f"the final model and summary: {error}"))
+        if faults:
+            version = coordinator.model.version
+            left = "" if len(faults) == 1 else f"; not written either: {faults[-1]}"
+            raise DiskFault(
+                f"{faults[0]} (at model version {version}{left}); once the disk takes writes "
+                "again, start the server with the same command to resume from its last checkpoint"
+            )
+        return summary
 
     return asyncio.run(main())

@@ -10,32 +10,77 @@ applies that rule.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections import Counter
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from fedcore.server.disk import AppendOnlyFile, DiskFault
+
+#: Entries one source may write in a burst (`Ledger.record_limited`), and the seconds after
+#: which it may write one more; the rest are counted into one `suppressed` entry.
+SOURCE_BURST = 10
+SOURCE_PERIOD = 10.0
+#: Sources tracked one by one; more share one budget, named OTHER_SOURCES.
+MAX_SOURCES = 1024
+OTHER_SOURCES = "<other sources>"
 
 
 class Ledger:
     """Append-only event log, on disk when given a path, in memory always (as counters)."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(
+        self, path: Path | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = path
         self.counts: Counter[str] = Counter()
-        self._file: IO[bytes] | None = path.open("ab") if path else None
+        self._file = AppendOnlyFile(path) if path else None
+        self._clock = clock
+        self._budgets: dict[str, tuple[float, float]] = {}
+        self._suppressed: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def on_fault(self, report: Callable[[DiskFault], None]) -> None:
+        """Have `report` hear of a lasting write fault (each record then raises DiskFault)."""
+        if self._file is not None:
+            self._file.on_fault = report
 
     def record(self, event: str, **fields: Any) -> None:
-        """Append one entry: `event` is join, accepted, rejected, refused, expired, lost, model
-        or resumed."""
-        self.counts[event] += 1
+        """Append one entry, whole (DiskFault when the disk keeps refusing it): `event` is
+        join, accepted, rejected, refused, expired, lost, model, resumed and the like."""
         if self._file is not None:
             line = json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n"
-            self._file.write(line.encode())
-            self._file.flush()
+            self._file.append(line.encode())
+        self.counts[event] += 1
+
+    def record_limited(self, event: str, source: str, **fields: Any) -> None:
+        """Append an entry that a client can provoke at will (a join, a refusal): each source
+        (a certificate identity) writes SOURCE_BURST of them, then one per SOURCE_PERIOD s; the
+        rest are counted, and the count is written as one `suppressed` entry before the
+        source's next entry (or at close), so a flood costs a bounded number of lines."""
+        if len(self._budgets) >= MAX_SOURCES and source not in self._budgets:
+            source = OTHER_SOURCES
+        now = self._clock()
+        tokens, then = self._budgets.get(source, (float(SOURCE_BURST), now))
+        tokens = min(float(SOURCE_BURST), tokens + (now - then) / SOURCE_PERIOD)
+        if tokens < 1:
+            self._budgets[source] = (tokens, now)
+            self._suppressed[source][event] += 1
+            return
+        self._budgets[source] = (tokens - 1, now)
+        self._write_suppressed(source)
+        self.record(event, **fields)
+
+    def _write_suppressed(self, source: str) -> None:
+        counts = self._suppressed.pop(source, None)
+        if counts:
+            self.record("suppressed", source=source, counts=dict(counts))
 
     def position(self) -> int:
         """Bytes written so far: where the next entry will start."""
-        return self._file.tell() if self._file is not None else 0
+        return self._file.position if self._file is not None else 0
 
     def size(self) -> int:
         """Bytes in the ledger file (0 without one)."""
@@ -53,12 +98,15 @@ class Ledger:
         self.counts = Counter(json.loads(line)["event"] for line in _lines(data[:position]))
         voided = len(_lines(data[position:]))
         if data and not data.endswith(b"\n") and self._file is not None:
-            self._file.write(b"\n")
+            self._file.append(b"\n")
         self.record("resumed", version=version, position=position, voided=voided)
         return voided
 
     def close(self) -> None:
-        """Close the file (the in-memory counts stay readable)."""
+        """Write what was suppressed and close the file (the in-memory counts stay readable)."""
+        with contextlib.suppress(DiskFault):  # the fault itself is what the run reports
+            for source in list(self._suppressed):
+                self._write_suppressed(source)
         if self._file is not None:
             self._file.close()
             self._file = None

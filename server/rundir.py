@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import yaml
 
 from fedcore.params import ModelLayout
 from fedcore.serialization import decode_many, frames_of
+from fedcore.server.disk import AppendOnlyFile, DiskFault
 from fedcore.server.plots import plot_metrics
 from fedcore.state_files import write_atomically
 from fedcore.strategies.base import GlobalModel
@@ -49,15 +50,18 @@ class RunDirectory:
             lines = metrics.read_text(encoding="utf-8").splitlines()
             self.rows = [row for row in map(json.loads, lines) if row["version"] <= resume_version]
             write_atomically(metrics, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
-        self._metrics = metrics.open("a", encoding="utf-8")
+        self._metrics = AppendOnlyFile(metrics)
         self.started = time.perf_counter() - (self.rows[-1]["wall"] if self.rows else 0.0)
+
+    def on_fault(self, report: Callable[[DiskFault], None]) -> None:
+        """Have `report` hear of a lasting fault writing metrics.jsonl."""
+        self._metrics.on_fault = report
 
     def append(self, row: dict[str, Any]) -> None:
         """Record one metrics row (flushed at once, so a crash keeps what was measured)."""
         row = {**row, "wall": round(time.perf_counter() - self.started, 3)}
         self.rows.append(row)
-        self._metrics.write(json.dumps(finite_or_null(row)) + "\n")
-        self._metrics.flush()
+        self._metrics.append((json.dumps(finite_or_null(row)) + "\n").encode())
 
     def finish(
         self,

@@ -135,8 +135,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             "libraries": {capped(k, 64): capped(v, 64) for k, v in libraries},
             "examples": request.num_examples,
         }
-        self.coordinator.ledger.record(
-            "join", client=slot.number, name=request.client_id, profile=slot.profile
+        self.coordinator.ledger.record_limited(
+            "join",
+            request.client_id,
+            client=slot.number,
+            name=request.client_id,
+            profile=slot.profile,
         )
         self.registry.changed.set()
         if slot.number not in self.coordinator.outstanding:
@@ -283,8 +287,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     "upload names no outstanding task of this client (replayed or stale)",
                 )
         except Refusal as refusal:
-            self.coordinator.ledger.record(
-                "refused", client=capped(header.client_id), reason=str(refusal)
+            self.coordinator.ledger.record_limited(
+                "refused", self._peer(context), client=capped(header.client_id), reason=str(refusal)
             )
             await context.abort(refusal.code, str(refusal))
             raise  # context.abort has already raised; this only tells type checkers
@@ -324,10 +328,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def _stream_of(self, context: grpc.aio.ServicerContext) -> Iterator[str | None]:
         """Count an upload or download stream against its peer's certificate identity while it
         lasts; yields a refusal when that peer already has MAX_STREAMS_PER_CLIENT open."""
-        try:
-            peer = peer_client_id(context.auth_context())
-        except Exception:
-            peer = "<no identity>"
+        peer = self._peer(context)
         if self._streams.get(peer, 0) >= MAX_STREAMS_PER_CLIENT:
             yield (
                 f"client {capped(peer)!r} already has {MAX_STREAMS_PER_CLIENT} uploads or "
@@ -341,6 +342,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             self._streams[peer] -= 1
             if not self._streams[peer]:
                 del self._streams[peer]
+
+    @staticmethod
+    def _peer(context: grpc.aio.ServicerContext) -> str:
+        """The caller's certificate identity, capped (a placeholder when it has none)."""
+        try:
+            return capped(peer_client_id(context.auth_context()), 64)
+        except Exception:
+            return "<no identity>"
 
     async def _frames(
         self,

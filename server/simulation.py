@@ -119,6 +119,7 @@ class Simulation:
             ),
             evaluation_candidates=lambda: sample,
             spool_dir=spool_dir,
+            declared_examples=lambda client: len(self.federation.train_parts[client]),
         )
         self._clock = 0.0
         self._events: list[Event] = []

@@ -22,7 +22,7 @@ from torch import nn
 from fedcore.data.split import Split
 from fedcore.kernels import StreamingAccumulator
 from fedcore.params import ModelLayout
-from fedcore.payloads import SparseDelta
+from fedcore.payloads import DenseDelta, SparseDelta
 from fedcore.records import Task, Update
 
 
@@ -59,30 +59,44 @@ class Arrival:
     """An update that passed validation, with the model it started from and its staleness.
 
     Strategies get the payload as it came (`update.payload`: dense, sparse or seeds); `delta`
-    is its dense form, made on first use, for strategies that need one."""
+    is its dense form, made on first use, for strategies that need one. `scale` below 1 says
+    the server shrinks the update (a norm bound): `delta` and `fold_into` apply it."""
 
     update: Update
     base: GlobalModel
     staleness: int
+    scale: float = 1.0
 
     @cached_property
     def delta(self) -> torch.Tensor:
-        """The payload as a dense delta over the model's parameters."""
+        """The payload as a dense delta over the model's parameters, times `scale`."""
+        dense = self._dense()
+        return dense if self.scale == 1.0 else dense * self.scale
+
+    @cached_property
+    def norm(self) -> float | None:
+        """The L2 norm of the update as it came (None for seed payloads, which carry no vector)."""
+        payload = self.update.payload
+        if not isinstance(payload, DenseDelta | SparseDelta):
+            return None
+        return float(torch.linalg.vector_norm(payload.values, dtype=torch.float64))
+
+    def fold_into(self, accumulator: StreamingAccumulator, weight: float) -> None:
+        """Add `weight` x the delta to a running sum (`weight` to its total), reading a sparse
+        payload only where it is non-zero (the same bits as folding its dense form)."""
+        payload = self.update.payload
+        if isinstance(payload, SparseDelta):
+            accumulator.add_sparse(
+                payload.positions(self.base.params.numel()), payload.values, weight, self.scale
+            )
+        else:
+            accumulator.add(self._dense(), weight, self.scale)
+
+    def _dense(self) -> torch.Tensor:
         payload = self.update.payload
         if payload is None:
             raise ValueError(f"the update of client {self.update.client_id} carries no payload")
         return payload.dense(self.base.params.numel())
-
-    def fold_into(self, accumulator: StreamingAccumulator, weight: float) -> None:
-        """Add `weight` x the delta to a running sum, reading a sparse payload only where it is
-        non-zero (the same bits as folding its dense form)."""
-        payload = self.update.payload
-        if isinstance(payload, SparseDelta):
-            accumulator.add_sparse(
-                payload.positions(self.base.params.numel()), payload.values, weight
-            )
-        else:
-            accumulator.add(self.delta, weight)
 
 
 class StrategyContext(Protocol):

@@ -46,6 +46,8 @@ class FedAMDConfig(FedAvgConfig):
     """FedAMD options: anchor rule, anchor batch, server step, gradient store, initial round."""
 
     weighting: Literal["examples", "uniform"] = "uniform"
+    #: Off: anchors upload gradients, whose norms are not comparable with the miners' deltas.
+    norm_bound: float = 0.0
     anchor_probability: float = 0.2
     anchor_period: int = 0
     anchor_batch: int = 0

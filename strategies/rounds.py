@@ -4,15 +4,20 @@ Subclasses decide what a task carries and how arrivals are combined; the round b
 (sampling, deadlines, partial cohorts, lost clients) lives here once. Arrivals are absorbed in
 ascending client order whatever order the network delivers them in (`ClientOrder`), so a
 round's float sums, and the model, are the same bits in simulation and in any deployment.
+
+Each update is shrunk, before it is absorbed, to at most `norm_bound` times the median norm
+of recent updates (`NormBound`), so that one client cannot move the model further than a
+typical client does, whatever it sends.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedcore.config import TrainingConfig
@@ -21,6 +26,11 @@ from fedcore.strategies.base import Arrival, Strategy
 from fedcore.typed_config import require
 
 ROUND_TIMER = "round-deadline"
+#: Update norms the norm bound's median is taken over (the most recent, in client order).
+NORM_WINDOW = 64
+#: Fewer recent norms than this: a round's updates wait for its close, and the bound is the
+#: median over them too.
+NORM_HISTORY = 3
 
 
 @dataclass
@@ -30,6 +40,8 @@ class RoundConfig:
     clients_per_round: int = 10
     round_timeout: float = 0.0
     min_fraction: float = 0.5
+    #: Updates are shrunk to this multiple of the recent median update norm (0: no bound).
+    norm_bound: float = 1.0
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
@@ -43,6 +55,12 @@ class RoundConfig:
             self.round_timeout,
         )
         require(0 < self.min_fraction <= 1, "min_fraction", "must be in (0, 1]", self.min_fraction)
+        require(
+            self.norm_bound == 0 or self.norm_bound >= 1,
+            "norm_bound",
+            "must be 0 (no bound) or >= 1 (a multiple of the median update norm)",
+            self.norm_bound,
+        )
 
 
 class ClientOrder:
@@ -56,10 +74,11 @@ class ClientOrder:
         self._dropped: set[int] = set()
         self._waiting: dict[int, Arrival] = {}
 
-    def expect(self, clients: Iterable[int]) -> None:
-        """Start a round awaiting `clients`, forgetting anything held."""
+    def expect(self, clients: Iterable[int], hold: bool = False) -> None:
+        """Start a round awaiting `clients`, forgetting anything held; with `hold`, everything
+        waits for `rest()`."""
         self._order = sorted(clients)
-        self._next = 0
+        self._next = len(self._order) if hold else 0
         self._dropped = set()
         self._waiting = {}
 
@@ -95,6 +114,49 @@ class ClientOrder:
         return due
 
 
+class NormBound:
+    """Shrinks updates to `multiple` x the median norm of the last NORM_WINDOW updates: fixed
+    for a round when it opens, or, with too few norms yet, set at its close over its own."""
+
+    def __init__(self, multiple: float) -> None:
+        self.multiple = multiple
+        self.norms: list[float] = []
+        self.bound: float | None = None
+        #: Updates of the current round shrunk so far.
+        self.shrunk = 0
+        self._round: dict[int, float] = {}
+
+    def open_round(self) -> bool:
+        """Fix this round's bound from the history; False when the round must wait for it."""
+        self._round = {}
+        self.shrunk = 0
+        self.bound = self._median_bound(self.norms) if len(self.norms) >= NORM_HISTORY else None
+        return self.bound is not None or not self.multiple
+
+    def arrived(self, arrival: Arrival) -> None:
+        """Note an arrival's norm for the history (and a waiting round's bound)."""
+        if arrival.norm is not None:
+            self._round[arrival.update.client_id] = arrival.norm
+
+    def close_round(self) -> None:
+        """Set a waiting round's bound over the history and its own norms; extend the history."""
+        mine = [self._round[client] for client in sorted(self._round)]
+        if self.bound is None:
+            self.bound = self._median_bound(self.norms + mine)
+        self.norms = (self.norms + mine)[-NORM_WINDOW:]
+
+    def apply(self, arrival: Arrival) -> Arrival:
+        """`arrival`, shrunk to the bound if it exceeds it."""
+        norm, bound = arrival.norm, self.bound
+        if not self.multiple or norm is None or bound is None or norm <= bound:
+            return arrival
+        self.shrunk += 1
+        return replace(arrival, scale=bound / norm)
+
+    def _median_bound(self, norms: list[float]) -> float | None:
+        return self.multiple * float(np.median(norms)) if norms and self.multiple else None
+
+
 class SynchronousRounds(Strategy):
     """Round r: K idle clients train from model r; the round closes when all K return, or at its
     deadline with at least `min_fraction` of them; then `aggregate()` gives model r + 1."""
@@ -107,6 +169,7 @@ class SynchronousRounds(Strategy):
         self.arrived: set[int] = set()
         self.in_round = False
         self._order = ClientOrder(lambda arrival: self.ctx.keep(arrival))
+        self.norm_bound = NormBound(config.norm_bound)
 
     def on_start(self) -> None:
         """Open the first round (or re-dispatch the one a checkpoint interrupted)."""
@@ -125,6 +188,7 @@ class SynchronousRounds(Strategy):
         client = arrival.update.client_id
         if not self.in_round or client not in self.cohort or client in self.arrived:
             return
+        self.norm_bound.arrived(arrival)
         self._absorb_all(self._order.arrive(arrival))
         self.arrived.add(client)
         if self.arrived == self.cohort:
@@ -161,7 +225,7 @@ class SynchronousRounds(Strategy):
         self.in_round = True
         self.cohort = set(chosen)
         self.arrived = set()
-        self._order.expect(chosen)
+        self._order.expect(chosen, hold=not self.norm_bound.open_round())
         self.reset_round()
         deadline = self.ctx.now + self.config.round_timeout if self.config.round_timeout else None
         for client in chosen:
@@ -170,11 +234,17 @@ class SynchronousRounds(Strategy):
             self.ctx.set_timer(deadline, f"{ROUND_TIMER}-{self.round}")
 
     def _close_round(self) -> None:
+        self.norm_bound.close_round()
         self._absorb_all(self._order.rest())
         params, buffers = self.aggregate()
         self.in_round = False
         self.ctx.publish(
-            params, buffers, round=self.round, participants=len(self.arrived), **self.round_info()
+            params,
+            buffers,
+            round=self.round,
+            participants=len(self.arrived),
+            shrunk=self.norm_bound.shrunk,
+            **self.round_info(),
         )
         self.reset_round()
         self._try_open_round()
@@ -188,7 +258,7 @@ class SynchronousRounds(Strategy):
 
     def _absorb_all(self, arrivals: list[Arrival]) -> None:
         for arrival in arrivals:
-            self.absorb(arrival)
+            self.absorb(self.norm_bound.apply(arrival))
 
     def make_task(self, client_id: int, deadline: float | None) -> Task:
         """The task for one cohort member: local SGD from the current model."""
@@ -216,6 +286,7 @@ class SynchronousRounds(Strategy):
             **super().state_dict(),
             "round": self.round,
             "in_round": self.in_round,
+            "norms": self.norm_bound.norms,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -223,3 +294,4 @@ class SynchronousRounds(Strategy):
         super().load_state_dict(state)
         self.round = int(state["round"])
         self.in_round = bool(state["in_round"])
+        self.norm_bound.norms = [float(norm) for norm in state.get("norms", [])]

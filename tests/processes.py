@@ -46,7 +46,7 @@ def start_server(
     return fedcore(
         "server",
         *overrides,
-        f"deployment.certs={root / 'certs'}",
+        f"deployment.certs={root / 'certs' / 'server'}",
         f"hydra.run.dir={root / 'run'}",
         cwd=root,
         env=env,

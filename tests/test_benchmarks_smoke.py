@@ -124,3 +124,12 @@ def test_fingerprints_compare_a_run_with_an_earlier_one(tmp_path):
     )
     assert "all compared cases identical: PASS" in done.stdout, done.stdout
     assert json.loads((again / "fingerprints.json").read_text())["sha256"] == first["sha256"]
+
+
+def test_poisoning_reports_every_attack_with_and_without_the_defaults(tmp_path):
+    _quick("poisoning", tmp_path)
+    result = json.loads((tmp_path / "poisoning.json").read_text())
+    assert set(result["attacks"]) == {"flip10", "count", "huge"}
+    assert all(
+        0 <= r["defended"] <= 1 and 0 <= r["undefended"] <= 1 for r in result["attacks"].values()
+    )

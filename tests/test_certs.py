@@ -62,7 +62,7 @@ def _make_pki(root: Path) -> Pki:
     return Pki(
         root,
         certs.load_identity(root / certs.CA_CERT),
-        certs.load_identity(root / certs.SERVER_CERT),
+        certs.load_identity(certs.server_dir(root) / certs.SERVER_CERT),
     )
 
 
@@ -91,16 +91,18 @@ def test_layout_and_enrolment(pki: Pki) -> None:
     assert files == {
         "ca.pem",
         "ca.key",
-        "server.pem",
-        "server.key",
-        "enrolled.txt",
+        "server/ca.pem",
+        "server/server.pem",
+        "server/server.key",
+        "server/enrolled.txt",
         "clients/alice.pem",
         "clients/alice.key",
         "clients/bob.pem",
         "clients/bob.key",
     }
-    assert (pki.root / "enrolled.txt").read_text() == "alice\nbob\n"
-    assert certs.enrolled_clients(pki.root) == CLIENTS
+    assert (pki.root / "server" / "enrolled.txt").read_text() == "alice\nbob\n"
+    assert certs.enrolled_clients(pki.root / "server") == CLIENTS
+    assert (pki.root / "server" / "ca.pem").read_bytes() == (pki.root / "ca.pem").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -245,18 +247,18 @@ def test_overwriting_is_refused_without_force(
     argv = ["add-client", "--dir", str(tmp_path), "--client", "alice", "--force"]
     assert certs.certs_main(argv) == 0
     assert (tmp_path / "clients/alice.key").read_bytes() != before[tmp_path / "clients/alice.key"]
-    assert certs.enrolled_clients(tmp_path) == CLIENTS  # not enrolled twice
+    assert certs.enrolled_clients(certs.server_dir(tmp_path)) == CLIENTS  # not enrolled twice
 
     assert _init(tmp_path, "--force") == 0
     assert (tmp_path / "ca.key").read_bytes() != before[tmp_path / "ca.key"]
-    assert certs.enrolled_clients(tmp_path) == CLIENTS
+    assert certs.enrolled_clients(certs.server_dir(tmp_path)) == CLIENTS
 
 
 def test_add_client_issues_from_the_existing_ca(pki: Pki, tmp_path: Path) -> None:
     root = tmp_path / "pki"
     _make_pki(root)
     assert certs.certs_main(["add-client", "--dir", str(root), "--client", "carol"]) == 0
-    assert certs.enrolled_clients(root) == [*CLIENTS, "carol"]
+    assert certs.enrolled_clients(certs.server_dir(root)) == [*CLIENTS, "carol"]
     carol = certs.load_identity(root / "clients/carol.pem")
     ca = certs.load_identity(root / "ca.pem")
     PolicyBuilder().store(Store([ca.cert])).build_client_verifier().verify(carol.cert, [])
@@ -265,7 +267,11 @@ def test_add_client_issues_from_the_existing_ca(pki: Pki, tmp_path: Path) -> Non
 def test_init_with_a_client_count(tmp_path: Path) -> None:
     argv = ["init", "--dir", str(tmp_path), "--server-name", "h", "--clients", "3"]
     assert certs.certs_main(argv) == 0
-    assert certs.enrolled_clients(tmp_path) == ["client-0", "client-1", "client-2"]
+    assert certs.enrolled_clients(certs.server_dir(tmp_path)) == [
+        "client-0",
+        "client-1",
+        "client-2",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -441,11 +447,12 @@ def test_revoke_lists_an_enrolled_client_once_and_refuses_strangers(tmp_path, ca
     assert (
         run(["init", "--dir", str(directory), "--server-name", "localhost", "--clients", "2"]) == 0
     )
-    assert certs.revoked_clients(directory) == set()
+    server = directory / "server"
+    assert certs.revoked_clients(server) == set()
     assert run(["revoke", "--dir", str(directory), "--client", "client-1"]) == 0
-    assert run(["revoke", "--dir", str(directory), "--client", "client-1"]) == 0
+    assert run(["revoke", "--dir", str(server), "--client", "client-1"]) == 0
     assert "client-1 was already revoked" in capsys.readouterr().out
-    assert certs.revoked_clients(directory) == {"client-1"}
-    assert (directory / "revoked.txt").read_text() == "client-1\n"
+    assert certs.revoked_clients(server) == {"client-1"}
+    assert (server / "revoked.txt").read_text() == "client-1\n"
     assert run(["revoke", "--dir", str(directory), "--client", "client-9"]) == 1
     assert "client-9 is not enrolled" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_saved_checkpoint_reads_back_exactly_and_old_ones_are_pruned(tmp_path: P
     )
 
 
-def _nest_state(path: Path) -> None:
+def nest_state(path: Path) -> None:
     """Replace state.json by JSON nested 8,000 deep, with a manifest that matches it."""
     deep = ("[" * 8000 + "]" * 8000).encode()
     (path / "state.json").write_bytes(deep)
@@ -96,7 +96,7 @@ def _nest_state(path: Path) -> None:
         (lambda p: (p / "manifest.json").unlink(), "missing or unreadable file"),
         (lambda p: (p / "manifest.json").write_text("{}"), "manifest is not format 1"),
         (lambda p: (p / "manifest.json").write_text("[" * 8000), "nested deeper than 32"),
-        (_nest_state, "nested deeper than 32"),
+        (nest_state, "nested deeper than 32"),
     ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(

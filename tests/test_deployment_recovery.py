@@ -1,5 +1,5 @@
-"""Crashes with real processes: a server killed with SIGKILL resumes from its checkpoints (past a
-corrupted newest one) to the uninterrupted result; a client killed mid-round is closed out at the
+"""Crashes with real processes: a server killed with SIGKILL resumes from its checkpoints (past
+damaged newer ones) to the uninterrupted result; a client killed mid-round is closed out at the
 round deadline and rejoins; a server whose clients all vanish says so and exits."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fedcore.server.rundir import read_model_file
 from fedcore.server.simulation import Simulation
 from fedcore.strategies.base import GlobalModel
 from tests.processes import client, free_port, make_certs, start_server, wait_for
+from tests.test_checkpoints import nest_state
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +51,14 @@ def _saved_model(run: Path, experiment) -> GlobalModel:
     return GlobalModel(params, buffers, experiment.config.rounds)
 
 
-def test_killed_server_resumes_past_a_corrupt_checkpoint_to_the_same_model(
+def test_killed_server_resumes_past_damaged_checkpoints_to_the_same_model(
     tmp_path: Path,
 ) -> None:
-    """Four clients in full participation get the same cohorts and task seeds as the simulation
-    (an uninterrupted run of the same config), before and after the crash, and rounds fold in
-    client order whatever the arrival order: the final model must be identical."""
+    """The newest checkpoint holds JSON nested 8,000 deep, the next a flipped byte: both are
+    skipped with their reasons. Four clients in full participation get the same cohorts and
+    task seeds as the simulation (an uninterrupted run of the same config), before and after
+    the crash, and rounds fold in client order whatever the arrival order: the final model
+    must be identical."""
     make_certs(tmp_path, 4)
     port = free_port()
     args = ["num_clients=4", "clients_per_round=4", "rounds=8", "deployment.liveness_timeout=3"]
@@ -63,13 +66,15 @@ def test_killed_server_resumes_past_a_corrupt_checkpoint_to_the_same_model(
     run = tmp_path / "run"
     wait_for(lambda: (run / "config.yaml").exists(), 60, "the run directory")
     clients = [client(tmp_path, port, i, "--slow", "0.2") for i in range(4)]
-    wait_for(lambda: len(_models(run)) >= 3, 120, "model version 3")
+    wait_for(lambda: len(_models(run)) >= 4, 120, "model version 4")
     server.kill()
     first_output = server.communicate(timeout=30)[0]
-    checkpoints = run / "checkpoints"
-    newest = max(p for p in checkpoints.iterdir() if p.name.startswith("v"))
-    assert 2 <= int(newest.name[1:]) < 8, first_output
-    tensors = newest / "tensors.fct"
+    newest, second, kept = sorted(
+        (p for p in (run / "checkpoints").iterdir() if p.name.startswith("v")), reverse=True
+    )
+    assert 3 <= int(newest.name[1:]) < 8, first_output
+    nest_state(newest)
+    tensors = second / "tensors.fct"
     data = bytearray(tensors.read_bytes())
     data[-1] ^= 0xFF
     tensors.write_bytes(bytes(data))
@@ -78,10 +83,12 @@ def test_killed_server_resumes_past_a_corrupt_checkpoint_to_the_same_model(
     outputs = [c.communicate(timeout=240)[0] for c in clients]
     server_output = server.communicate(timeout=60)[0]
     assert server.returncode == 0, server_output
-    assert f"checkpoint {newest} is unusable (tensors.fct does not match the sha256" in (
+    assert f"checkpoint {newest} is unusable" in server_output
+    assert "nested deeper than 32" in server_output
+    assert f"checkpoint {second} is unusable (tensors.fct does not match the sha256" in (
         server_output
     )
-    resumed_from = int(newest.name[1:]) - 1
+    resumed_from = int(kept.name[1:])
     assert f"from model version {resumed_from}" in server_output
     for process, output in zip(clients, outputs, strict=True):
         assert process.returncode == 0, output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
         == 0
     )
     assert certs_main(["add-client", "--dir", str(certs), "--client", "intruder"]) == 0
-    enrolled = certs / "enrolled.txt"
+    enrolled = certs / "server" / "enrolled.txt"
     enrolled.write_text("".join(f"client-{i}\n" for i in range(4)))
     process = subprocess.Popen(
         [
@@ -50,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
             "output.progress=off",
             "evaluation.every=1000",
             "deployment.address=127.0.0.1:0",
-            f"deployment.certs={certs}",
+            f"deployment.certs={certs / 'server'}",
             f"hydra.run.dir={root / 'run'}",
         ],
         cwd=root,
@@ -154,6 +155,16 @@ def _upload(
     return stub.UploadUpdate(iter(parts), timeout=30)
 
 
+class _Unpickling:
+    """Unpickled, it creates the file at `path` (proof that it ran)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
 def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     port, root = server
     stub = pb_grpc.CoordinatorStub(_channel(port, root / "certs", "client-2"))
@@ -165,6 +176,8 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     def frames(**vectors) -> list[bytes]:
         return list(map(b"".join, vector_frames({**good, **vectors}, chunk_bytes=256)))
 
+    marker = root / "unpickled"
+    pickled = pickle.dumps(_Unpickling(str(marker)))
     flipped = bytearray(frames()[0])
     flipped[-2] ^= 0xFF
     nan = torch.zeros(size)
@@ -183,11 +196,13 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
         (frames(delta=torch.full((size,), float("inf"))), 10, "NaN or Inf"),
         (frames(), 10**9, "claimed example count"),
         (frames(delta=torch.full((size,), 1e4)), 10, "above bound 1000"),
+        ([pickled], 10, "not a tensor frame: bad magic bytes"),
     ]
     for bad, examples, reason in cases:
         task = _next_task(stub, joined.session)
         reply = _upload(stub, joined.session, task, size, bad, examples)
         assert not reply.accepted and reason in reply.reason, (reason, reply.reason)
+    assert not marker.exists(), "the server must never unpickle what a client sends"
 
     garbled = _channel(port, root / "certs", "client-2").stream_unary(
         "/fedcore.v1.Coordinator/UploadUpdate",

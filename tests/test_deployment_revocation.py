@@ -30,7 +30,7 @@ def _server(root: Path, port: int):
         f"deployment.address=127.0.0.1:{port}",
         "deployment.heartbeat_seconds=0.5",
         "deployment.liveness_timeout=5",
-        f"deployment.certs={root / 'certs'}",
+        f"deployment.certs={root / 'certs' / 'server'}",
         f"hydra.run.dir={root / 'run'}",
         cwd=root,
     )

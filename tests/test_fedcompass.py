@@ -193,7 +193,8 @@ def test_step_normalisation_rescales_by_effective_steps():
 def test_equal_speeds_behave_like_synchronous_fedavg_with_q_max_steps():
     compass, ctx = _compass(4, dict.fromkeys(range(4), 0.5), alpha=1.0)
     fedavg = FedAvg(
-        FedAvgConfig(clients_per_round=4, training=TrainingConfig(local_steps=100)), seed=0
+        FedAvgConfig(clients_per_round=4, norm_bound=0, training=TrainingConfig(local_steps=100)),
+        seed=0,
     )
     reference = ScriptedContext(fedavg, torch.zeros(P), 4)
     compass.on_start()

@@ -168,7 +168,7 @@ def _multi_layer_context(strategy: FedLD, clients: int) -> ScriptedContext:
 
 
 def test_fedld_round_applies_the_revision_per_tensor_and_carries_the_margin():
-    strategy = FedLD(FedLDConfig(clients_per_round=4, margin_lambda=0.1), seed=0)
+    strategy = FedLD(FedLDConfig(clients_per_round=4, margin_lambda=0.1, norm_bound=0), seed=0)
     ctx = _multi_layer_context(strategy, clients=6)
     strategy.on_start()
     assert all(t.hyper["margin_lambda"] == pytest.approx(0.1) for t in ctx.tasks)
@@ -187,7 +187,9 @@ def test_fedld_round_applies_the_revision_per_tensor_and_carries_the_margin():
 
 
 def test_fedld_partial_cohort_at_the_deadline_and_plain_rounds():
-    config = FedLDConfig(clients_per_round=4, round_timeout=5.0, min_fraction=0.5, plain_rounds=1)
+    config = FedLDConfig(
+        clients_per_round=4, round_timeout=5.0, min_fraction=0.5, plain_rounds=1, norm_bound=0
+    )
     strategy = FedLD(config, seed=1)
     ctx = ScriptedContext(strategy, torch.zeros(16), clients=6)
     strategy.on_start()

@@ -270,7 +270,7 @@ def test_rv_stack_client_talks_mtls_to_this_runtimes_server(
     """grpcio 1.51 client (certificate issued with cryptography 43) ↔ current grpcio server."""
     argv = ["init", "--dir", str(tmp_path), "--server-name", "127.0.0.1", "--client", "alice"]
     assert certs.certs_main(argv) == 0
-    identity = certs.load_identity(tmp_path / certs.SERVER_CERT)
+    identity = certs.load_identity(certs.server_dir(tmp_path) / certs.SERVER_CERT)
     coordinator = Coordinator()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pbg.add_CoordinatorServicer_to_server(coordinator, server)
@@ -291,4 +291,4 @@ def test_rv_stack_client_talks_mtls_to_this_runtimes_server(
         "impersonation": "PERMISSION_DENIED",
     }
     assert coordinator.clients == ["carol"] * 4
-    assert certs.enrolled_clients(tmp_path) == ["alice", "carol"]
+    assert certs.enrolled_clients(certs.server_dir(tmp_path)) == ["alice", "carol"]

@@ -91,7 +91,7 @@ def test_fedadam_with_fedcompass_matches_its_closed_form_over_three_groups():
 @pytest.mark.parametrize("name", ["yogi", "adagrad", "adam"])
 def test_adaptive_steps_with_fedavg_match_their_closed_forms(name):
     step = ServerStepConfig(name=name, lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    strategy = FedAvg(FedAvgConfig(clients_per_round=1, server_step=step), seed=0)
+    strategy = FedAvg(FedAvgConfig(clients_per_round=1, norm_bound=0, server_step=step), seed=0)
     start = torch.randn(P, generator=torch.Generator().manual_seed(7))
     ctx = ScriptedContext(strategy, start, clients=1)
     strategy.on_start()

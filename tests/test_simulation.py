@@ -14,7 +14,7 @@ from tests.harness import record_sends
 
 
 def test_fedavg_round_equals_independent_weighted_mean_of_trained_clients():
-    config = composed(*FAST, "rounds=1")
+    config = composed(*FAST, "rounds=1", "strategy.norm_bound=0")
     experiment = make_experiment(config)
     initial = experiment.initial_model()
     simulation = Simulation(experiment, config)

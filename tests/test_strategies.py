@@ -23,7 +23,7 @@ def _deltas(n, seed=0):
 
 
 def test_fedavg_round_is_the_example_weighted_mean_of_client_models():
-    strategy = FedAvg(FedAvgConfig(clients_per_round=4), seed=1)
+    strategy = FedAvg(FedAvgConfig(clients_per_round=4, norm_bound=0), seed=1)
     start = torch.randn(P)
     ctx = ScriptedContext(strategy, start, clients=10)
     strategy.on_start()
@@ -43,7 +43,11 @@ def test_fedavg_round_is_the_example_weighted_mean_of_client_models():
 
 def test_fedavg_uniform_weighting_and_deadline_with_partial_cohort():
     config = FedAvgConfig(
-        clients_per_round=4, weighting="uniform", round_timeout=30.0, min_fraction=0.5
+        clients_per_round=4,
+        weighting="uniform",
+        round_timeout=30.0,
+        min_fraction=0.5,
+        norm_bound=0,
     )
     strategy = FedAvg(config, seed=2)
     ctx = ScriptedContext(strategy, torch.zeros(P), clients=4)
@@ -84,7 +88,7 @@ def test_fedavgm_and_fedadam_server_steps():
     deltas = _deltas(2, seed=9)
     start = torch.randn(P)
     step = ServerStepConfig(name="momentum", lr=0.5, momentum=0.9)
-    momentum = FedAvg(FedAvgMConfig(clients_per_round=1, server_step=step), 0)
+    momentum = FedAvg(FedAvgMConfig(clients_per_round=1, norm_bound=0, server_step=step), 0)
     ctx = ScriptedContext(momentum, start, clients=1)
     momentum.on_start()
     ctx.arrive(ctx.tasks[0], deltas[0])
@@ -94,7 +98,7 @@ def test_fedavgm_and_fedadam_server_steps():
     assert torch.allclose(ctx.model.params, start + 0.5 * deltas[0] + 0.5 * velocity, atol=1e-6)
 
     step = ServerStepConfig(name="adam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    adam = FedAvg(FedAdamConfig(clients_per_round=1, server_step=step), 0)
+    adam = FedAvg(FedAdamConfig(clients_per_round=1, norm_bound=0, server_step=step), 0)
     ctx = ScriptedContext(adam, start, clients=1)
     adam.on_start()
     ctx.arrive(ctx.tasks[0], deltas[0])
@@ -182,3 +186,25 @@ def test_round_completes_when_the_rest_of_the_cohort_is_lost():
     assert ctx.model.version == 0
     strategy.on_task_lost(cohort[2])
     assert ctx.model.version == 1 and torch.equal(ctx.model.params, torch.ones(P))
+
+
+def test_updates_are_shrunk_to_the_median_norm_of_recent_updates():
+    """Round 1 has no history: its updates wait for its close and its own median bounds them;
+    round 2's bound is fixed from round 1's norms when it opens."""
+    strategy = FedAvg(FedAvgConfig(clients_per_round=3, weighting="uniform"), seed=0)
+    ctx = ScriptedContext(strategy, torch.zeros(P), clients=3)
+    strategy.on_start()
+    ones = torch.ones(P)
+    for task, scale in zip(list(ctx.tasks), (1.0, 2.0, 100.0), strict=True):
+        ctx.arrive(task, ones * scale)
+    assert torch.allclose(ctx.model.params, ones * (1 + 2 + 2) / 3)
+    assert ctx.infos[0]["shrunk"] == 1
+    start = ctx.model.params
+    for task, scale in zip(ctx.tasks[-3:], (-50.0, 0.5, 2.0), strict=True):
+        ctx.arrive(task, ones * scale)
+    assert torch.allclose(ctx.model.params, start + ones * (-2 + 0.5 + 2) / 3)
+    assert ctx.infos[1]["shrunk"] == 1
+    clone = FedAvg(FedAvgConfig(clients_per_round=3), seed=0)
+    clone.load_state_dict(strategy.state_dict())
+    assert clone.norm_bound.norms == strategy.norm_bound.norms
+    assert len(strategy.norm_bound.norms) == 6

@@ -51,9 +51,10 @@ class StreamingAccumulator:
             self._released = False
         return self._sum
 
-    def add(self, vector: torch.Tensor, weight: float) -> None:
-        """Fold `weight * vector` into the running sum: product rounded, then added (no fused
-        multiply-add), so that two updates give the same bits in either arrival order."""
+    def add(self, vector: torch.Tensor, weight: float, scale: float = 1.0) -> None:
+        """Fold `weight * scale * vector` into the running sum and `weight` into the total (a
+        `scale` below 1 shrinks a vector without changing its share): product rounded, then
+        added (no fused multiply-add), so that two updates give the same bits in either order."""
         if self._divided:
             raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
         if vector.shape != self._sum.shape:
@@ -66,20 +67,22 @@ class StreamingAccumulator:
         for start in range(0, vector.numel(), FOLD_CHUNK):
             part = vector[start : start + FOLD_CHUNK]
             product = scaled[: part.numel()]
-            torch.mul(part, weight, out=product)
+            torch.mul(part, weight * scale, out=product)
             total[start : start + FOLD_CHUNK].add_(product)
         self.weight += weight
         self.count += 1
 
-    def add_sparse(self, positions: torch.Tensor, values: torch.Tensor, weight: float) -> None:
-        """Fold `weight * values` in at distinct `positions`: the same bits as `add` of the
-        dense vector that is zero elsewhere, reading only the non-zeros."""
+    def add_sparse(
+        self, positions: torch.Tensor, values: torch.Tensor, weight: float, scale: float = 1.0
+    ) -> None:
+        """Fold `weight * scale * values` in at distinct `positions`: the same bits as `add` of
+        the dense vector that is zero elsewhere, reading only the non-zeros."""
         if self._divided:
             raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
         if positions.shape != values.shape or positions.dim() != 1:
             raise ValueError("sparse fold needs 1-D positions and values of the same length")
         total = self.sum
-        product = torch.mul(self._on_device(values), weight)
+        product = torch.mul(self._on_device(values), weight * scale)
         total.index_add_(0, positions.to(self.device), product)
         self.weight += weight
         self.count += 1
