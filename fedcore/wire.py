@@ -75,11 +75,12 @@ class _Spool:
 
 
 def spooled(vector: torch.Tensor, directory: Path, min_bytes: int) -> torch.Tensor:
-    """`vector` moved to an unlinked, mapped file in `directory` (page cache, not the process's
-    memory) when it holds at least `min_bytes`; else `vector` itself."""
+    """`vector` moved to an unlinked, mapped file in `directory` (made when first needed; page
+    cache, not the process's memory) when it holds at least `min_bytes`; else `vector` itself."""
     vector = vector.contiguous()
     if vector.numel() * vector.element_size() < min_bytes:
         return vector
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     spool = _Spool(directory, vector.numel(), vector.dtype)
     spool.write(0, vector.view(torch.uint8).numpy())
     return spool.tensor()

@@ -324,10 +324,7 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
     """Run the experiment `config_data` describes; write its run directory; return the summary."""
     experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
-    spool_dir = None
-    if run_path is not None:
-        spool_dir = run_path / "spool"
-        spool_dir.mkdir(parents=True, exist_ok=True)
+    spool_dir = None if run_path is None else run_path / "spool"
     simulation = Simulation(experiment, config_data, ledger, spool_dir)
     report = RunReport(
         experiment,

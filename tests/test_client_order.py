@@ -114,14 +114,16 @@ def test_held_arrivals_wait_on_disk_when_large(tmp_path):
     layout = ModelLayout(ParamSpec.from_named([("w", params)]), ParamSpec(()))
     model = GlobalModel(params, torch.zeros(0), 0)
     strategy = FedAvg(FedAvgConfig(clients_per_round=2), seed=0)
+    spool = tmp_path / "spool"
     coordinator = Coordinator(
-        strategy, layout, model, _NoTransport(), max_versions=1, num_clients=2, spool_dir=tmp_path
+        strategy, layout, model, _NoTransport(), max_versions=1, num_clients=2, spool_dir=spool
     )
+    small = Arrival(Update(1, 0, 10, DenseDelta(torch.randn(8))), model, 0)
+    assert coordinator.keep(small).update.payload.values.untyped_storage().filename is None
+    assert not spool.exists(), "the spool folder is made only when something goes there"
     delta = torch.randn(large)
     kept = coordinator.keep(Arrival(Update(1, 0, 10, DenseDelta(delta)), model, 0))
     assert isinstance(kept.update.payload, DenseDelta)
     assert kept.update.payload.values.untyped_storage().filename is not None
     assert torch.equal(kept.update.payload.values, delta)
-    assert list(tmp_path.iterdir()) == [], "the spool file is unlinked: freed with the arrival"
-    small = Arrival(Update(1, 0, 10, DenseDelta(torch.randn(8))), model, 0)
-    assert coordinator.keep(small).update.payload.values.untyped_storage().filename is None
+    assert list(spool.iterdir()) == [], "the spool file is unlinked: freed with the arrival"
