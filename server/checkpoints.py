@@ -101,6 +101,8 @@ class CheckpointWriter:
         error = future.exception()
         if isinstance(error, DiskFault) and self.on_fault is not None:
             self.on_fault(error)
+        elif isinstance(error, DiskFault):
+            self.log(str(error))
         elif error is not None:
             self.log(f"writing a checkpoint failed: {error}")
 

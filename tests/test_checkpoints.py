@@ -19,6 +19,7 @@ from fedcore.server.checkpoints import (
     pack,
     unpack,
 )
+from fedcore.server.disk import DiskFault
 from fedcore.server.ledger import Ledger, read_ledger
 from fedcore.server.rundir import model_frames, read_model_file
 from fedcore.strategies.base import GlobalModel
@@ -215,6 +216,13 @@ def test_background_writer_reports_a_failed_write(tmp_path: Path) -> None:
     lines: list[str] = []
     writer = CheckpointWriter(CheckpointStore(blocker), lines.append)
     writer.submit(_state(1))
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFault, match="failed 3 times"):
         writer.drain()
-    assert lines and lines[0].startswith("writing a checkpoint failed:")
+    assert lines and lines[0].startswith("writing a checkpoint failed 3 times: [Errno 17]")
+    faults: list[DiskFault] = []
+    writer = CheckpointWriter(CheckpointStore(blocker), lines.append)
+    writer.on_fault = faults.append
+    writer.submit(_state(1))
+    with pytest.raises(DiskFault):
+        writer.drain()
+    assert len(faults) == 1 and len(lines) == 1, "a fault goes to on_fault, not the log"
