@@ -73,15 +73,20 @@ def calibration_task(training: TrainingConfig, steps: int) -> Task:
     return config.task(client_id=0, version=0, rng=np.random.default_rng(0))
 
 
-def calibrate(train_steps: Callable[[int], object], steps: int = CALIBRATION_STEPS) -> float:
-    """Seconds per local step of `train_steps(n)` (which runs n steps): one warm-up step, then
-    `steps` timed, so one-off costs (allocation, first-call dispatch) stay out of the figure."""
+def calibrate(
+    train_steps: Callable[[int], object],
+    steps: int = CALIBRATION_STEPS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Seconds per local step of `train_steps(n)` (which runs n steps) by `clock`: one warm-up
+    step, then `steps` timed, so one-off costs (allocation, first-call dispatch) stay out of
+    the figure."""
     if steps < 1:
         raise ValueError(f"calibration needs >= 1 step, got {steps}")
     train_steps(1)
-    started = time.perf_counter()
+    started = clock()
     train_steps(steps)
-    return (time.perf_counter() - started) / steps
+    return (clock() - started) / steps
 
 
 def device_profile(device: torch.device, step_seconds: float) -> pb.DeviceProfile:

@@ -7,7 +7,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -33,40 +32,56 @@ from fedcore.models import build_model
 from fedcore.server.roster import format_roster, roster
 
 REPO = Path(__file__).resolve().parents[1]
-SLEEP = 0.004
+#: The known cost of a SteppedLinear forward pass on the test clock, in seconds.
+STEP_COST = 0.004
 
 
-class SleepyLinear(nn.Module):
-    """A linear classifier whose forward pass also sleeps SLEEP seconds: a known step cost."""
+class ManualClock:
+    """A clock that only moves when told to: calibration is checked against known costs, so
+    no load on the machine can change what it measures."""
 
     def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SteppedLinear(nn.Module):
+    """A linear classifier whose forward pass advances `clock` by STEP_COST: a known step
+    cost."""
+
+    def __init__(self, clock: ManualClock) -> None:
         super().__init__()
         self.linear = nn.Linear(20, 10)
+        self.clock = clock
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(SLEEP)
+        self.clock.now += STEP_COST
         return self.linear(x)
 
 
 def test_calibrate_times_the_requested_steps_after_one_warm_up_step() -> None:
     calls: list[int] = []
+    clock = ManualClock()
 
     def train(steps: int) -> None:
         calls.append(steps)
-        time.sleep(0.01 * steps)
+        clock.now += 0.01 * steps + (5.0 if len(calls) == 1 else 0.0)  # a slow first step
 
-    seconds = calibrate(train, steps=3)
+    seconds = calibrate(train, steps=3, clock=clock)
     assert calls == [1, 3]
-    assert 0.01 <= seconds < 0.03
+    assert seconds == pytest.approx(0.01)
     with pytest.raises(ValueError, match=">= 1 step"):
         calibrate(train, steps=0)
 
 
 def test_calibration_of_real_training_is_per_step_and_independent_of_the_step_count() -> None:
-    """LocalTrainer on a model whose step costs at least SLEEP: seconds per step stays put
-    while the number of timed steps grows four-fold (so the total scales with the steps)."""
+    """LocalTrainer on a model whose step costs STEP_COST on the test clock: seconds per step
+    is that cost whether 3 or 12 steps are timed (so the total scales with the steps)."""
     dataset = load_dataset("synthetic", num_train=200, num_test=10)
-    trainer = LocalTrainer(SleepyLinear)
+    clock = ManualClock()
+    trainer = LocalTrainer(partial(SteppedLinear, clock))
     params, buffers = trainer.bound.params.clone(), trainer.bound.buffers.clone()
     training = TrainingConfig(batch_size=16)
 
@@ -74,12 +89,11 @@ def test_calibration_of_real_training_is_per_step_and_independent_of_the_step_co
         return calibrate(
             lambda n: trainer.run(calibration_task(training, n), params, buffers, dataset.train),
             steps,
+            clock,
         )
 
-    few, many = per_step(3), per_step(12)
-    assert SLEEP <= few < 4 * SLEEP
-    assert SLEEP <= many < 4 * SLEEP
-    assert 0.5 < many / few < 2.0
+    assert per_step(3) == pytest.approx(STEP_COST)
+    assert per_step(12) == pytest.approx(STEP_COST)
 
 
 def test_calibration_task_uses_the_experiment_hyper_parameters_and_fixed_steps() -> None:
