@@ -9,7 +9,9 @@ tensor, and three things are timed, interleaved, best of `REPEATS`:
 - batch: `weighted_sum(stacked, weights) / weights.sum()`.
 
 Speeds are GB/s of update bytes read (N * P * 4 / seconds); the target is streaming at least
-`TARGET_RATIO` of the copy's speed in the cases marked as targeted. With CUDA the same cases
+`TARGET_RATIO` of the copy's speed in the cases marked as targeted, on a quiet machine and
+with one busy process per core beside it (`cpu_hog`), each against the copy measured under
+the same load. Everything runs on the server's torch threads (the experiment's `threads`). With CUDA the same cases
 also run on the device: the streaming path with host updates (against a host-to-device copy of
 the same bytes) and with updates already there (against a device-to-device copy).
 """
@@ -26,6 +28,7 @@ import torch
 from benchmarks.common import (
     GB,
     best_times,
+    cpu_hog,
     environment,
     make_parser,
     no_sync,
@@ -33,6 +36,7 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from fedcore.config import ExperimentConfig
 from fedcore.kernels import StreamingAccumulator, weighted_sum
 
 NAME = "aggregation"
@@ -172,10 +176,11 @@ def cuda_case(case: Case, stacked: torch.Tensor, weights: torch.Tensor) -> dict[
     return row
 
 
-def cpu_table(rows: list[dict[str, Any]], cases: Sequence[Case]) -> None:
-    """Print the CPU results."""
+def cpu_table(rows: list[dict[str, Any]], cases: Sequence[Case], load: str) -> None:
+    """Print the CPU results measured under `load`."""
     print_table(
-        f"FedAvg aggregation on the CPU (GB/s of update bytes read, best of {REPEATS})",
+        f"FedAvg aggregation on the CPU, {load} "
+        f"(GB/s of update bytes read, best of {REPEATS}, {torch.get_num_threads()} thread(s))",
         ["N x P", "GB", "copy", "streaming", "batch", "stream/copy", "batch/copy", "target"],
         [
             [
@@ -235,41 +240,58 @@ def cuda_table(rows: list[dict[str, Any]], cases: Sequence[Case], device: str) -
     )
 
 
+def cpu_cases(cases: Sequence[Case]) -> list[dict[str, Any]]:
+    """Every case on the CPU, one at a time (its updates freed before the next)."""
+    rows = []
+    for case in cases:
+        stacked, weights = make_updates(case)
+        rows.append(cpu_case(case, stacked, weights))
+        del stacked, weights
+        gc.collect()
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every case (scaled down with --quick), print the tables, write the JSON result."""
+    """Run every case (scaled down with --quick) quiet and beside a CPU hog, print the tables,
+    write the JSON result."""
     args = make_parser("FedAvg aggregation throughput against a memory copy.").parse_args(argv)
+    torch.set_num_threads(ExperimentConfig().threads)
     env = environment()
     cases = [
         replace(case, params=case.params // QUICK_DIVISOR) if args.quick else case for case in CASES
     ]
-    has_cuda = torch.cuda.is_available()
-    cpu_rows: list[dict[str, Any]] = []
+    quiet = cpu_cases(cases)
+    with cpu_hog() as hogs:
+        hogged = cpu_cases(cases)
+    cpu_table(quiet, cases, "quiet")
+    cpu_table(hogged, cases, f"beside {hogs} busy processes")
     cuda_rows: list[dict[str, Any]] = []
-    for case in cases:
-        stacked, weights = make_updates(case)
-        cpu_rows.append(cpu_case(case, stacked, weights))
-        if has_cuda:
-            cuda_rows.append(cuda_case(case, stacked, weights))
-            torch.cuda.empty_cache()
-        del stacked, weights
-        gc.collect()
-    cpu_table(cpu_rows, cases)
+    has_cuda = torch.cuda.is_available()
     if has_cuda:
+        for case in cases:
+            stacked, weights = make_updates(case)
+            cuda_rows.append(cuda_case(case, stacked, weights))
+            del stacked, weights
+            torch.cuda.empty_cache()
         cuda_table(cuda_rows, cases, torch.cuda.get_device_name())
-    targeted = [row["passed"] for row in cpu_rows if row["passed"] is not None]
+    targeted = [row["passed"] for row in quiet + hogged if row["passed"] is not None]
     result = {
         "benchmark": NAME,
         "quick": args.quick,
         "environment": env,
         "repeats": REPEATS,
         "target_ratio": TARGET_RATIO,
-        "cpu": cpu_rows,
+        "cpu": quiet,
+        "cpu_beside_hog": {"busy_processes": hogs, "cases": hogged},
         "cuda": {"device": torch.cuda.get_device_name(), "cases": cuda_rows}
         if has_cuda
         else "not available",
         "passed": all(targeted),
     }
-    print(f"streaming >= {TARGET_RATIO}x copy in the targeted cases: {verdict(all(targeted))}")
+    print(
+        f"streaming >= {TARGET_RATIO}x copy in the targeted cases, quiet and beside the hog: "
+        f"{verdict(all(targeted))}"
+    )
     print(f"wrote {write_result(NAME, result, args.out)}")
 
 

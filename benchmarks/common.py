@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,30 @@ def best_times(
             if attempt:
                 best[name] = min(best[name], time.perf_counter() - started)
     return best
+
+
+def _spin() -> None:
+    """Keep one core busy until terminated."""
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def cpu_hog() -> Iterator[int]:
+    """One busy process per usable core while the block runs: the load of other jobs on a
+    shared machine, bounded (the processes are stopped when it ends). Yields their number."""
+    count = len(os.sched_getaffinity(0))
+    context = multiprocessing.get_context("fork")  # spins at once: nothing to import
+    hogs = [context.Process(target=_spin, daemon=True) for _ in range(count)]
+    for hog in hogs:
+        hog.start()
+    try:
+        yield count
+    finally:
+        for hog in hogs:
+            hog.terminate()
+        for hog in hogs:
+            hog.join()
 
 
 def environment() -> dict[str, Any]:

@@ -55,12 +55,11 @@ class ClientDevice:
     device: torch.device
     settings: DeviceSettings
 
-    def apply(self) -> None:
-        """Apply the process-wide settings once at start: intra-op threads and memory budget
-        (on CUDA a cap on torch's allocator; on the CPU a cap on the process's data memory,
-        RLIMIT_DATA, which qemu-user does not enforce)."""
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
+    def apply(self, threads: int) -> None:
+        """Apply the process-wide settings once at start: intra-op threads (the device's own
+        setting, else `threads`) and memory budget (on CUDA a cap on torch's allocator; on the
+        CPU a cap on the process's data memory, RLIMIT_DATA, which qemu-user does not enforce)."""
+        torch.set_num_threads(self.settings.threads or threads)
         budget = self.settings.memory_budget
         if not budget:
             return

@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         config = build(ExperimentConfig, data)
         load_plugins(config.plugins)
         device = client_device(args.device, config.client_devices)
-        device.apply()
+        device.apply(config.threads)
         settings = ClientSettings(args.server, args.id, args.certs, args.server_name)
         accepted = ClientAgent(
             settings, config, step_delay=args.slow, device=device, data=args.data, state=args.state

@@ -320,7 +320,9 @@ class DeviceSettings:
     memory_budget: int = 0
 
     def __post_init__(self) -> None:
-        require(self.threads >= 0, "threads", "must be >= 0 (0: torch's default)", self.threads)
+        require(
+            self.threads >= 0, "threads", "must be >= 0 (0: the experiment's threads)", self.threads
+        )
         require(
             self.memory_budget >= 0,
             "memory_budget",
@@ -361,10 +363,15 @@ class ExperimentConfig:
     #: Modules imported before the run (server, simulation workers and clients alike) to
     #: register user techniques, transforms and strategies.
     plugins: list[str] = field(default_factory=list)
+    #: Torch threads of each process's own work: the simulation, each pool worker, the server
+    #: and each client (unless `client_devices.<kind>.threads` says otherwise). A count that
+    #: does not follow the machine's load keeps seeded runs bit for bit (results depend on it).
+    threads: int = 1
 
     def __post_init__(self) -> None:
         require(0 <= self.seed < 2**63, "seed", "must be in [0, 2^63)", self.seed)
         require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
+        require(self.threads >= 1, "threads", "must be >= 1", self.threads)
         require(self.num_clients >= 1, "num_clients", "must be >= 1", self.num_clients)
         require(
             self.clients_per_round >= 1, "clients_per_round", "must be >= 1", self.clients_per_round

@@ -8,6 +8,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import torch
+
 from fedcore.memory import peak_rss_bytes
 from fedcore.server.coordinator import Publication, model_digest
 from fedcore.server.evaluation import Evaluator, Scorer
@@ -121,6 +123,7 @@ class RunReport:
             "ledger": dict(ledger.counts),
             "model_sha256": model_digest(final),
             "peak_rss_bytes": peak_rss_bytes(),
+            "threads": torch.get_num_threads(),
         }
         if self.run_dir is not None:
             output = self.experiment.config.output

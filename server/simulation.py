@@ -98,6 +98,7 @@ class Simulation:
     ) -> None:
         self.experiment = experiment
         config = experiment.config
+        torch.set_num_threads(config.threads)
         self.federation = experiment.federation
         self.profiles = ProfileSampler(config.client_profiles, config.seed)
         self.trainer = LocalTrainer(experiment.build_model)
@@ -306,8 +307,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(config_data: dict[str, Any]) -> None:
     """Per worker process: load the federation and one trainer (single-threaded torch); the
     config's plug-ins are imported by `parse_experiment`."""
-    torch.set_num_threads(1)
     config, _ = parse_experiment(config_data)
+    torch.set_num_threads(config.threads)
     federation = make_federation(config)
     _WORKER["federation"] = federation
     _WORKER["trainer"] = LocalTrainer(model_builder(config, federation.dataset))

@@ -46,7 +46,9 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
     assert result["benchmark"] == name and result["quick"] is True
     assert BENCHMARKS[name](result), "the run_all summary has no rows for this result"
     if name == "aggregation":
-        for row in result["cpu"]:
+        hogged = result["cpu_beside_hog"]
+        assert hogged["busy_processes"] >= 1 and len(hogged["cases"]) == len(result["cpu"])
+        for row in result["cpu"] + hogged["cases"]:
             assert set(row["gbps"]) == {"copy", "streaming", "batch"}
             assert row["max_abs_difference"] < 1e-4
     elif name == "simulation_overhead":

@@ -76,8 +76,10 @@ def test_per_device_settings_are_typed_config_with_errors_naming_the_key() -> No
 def test_threads_setting_is_applied() -> None:
     before = torch.get_num_threads()
     try:
-        ClientDevice(torch.device("cpu"), DeviceSettings(threads=1)).apply()
+        ClientDevice(torch.device("cpu"), DeviceSettings(threads=1)).apply(3)
         assert torch.get_num_threads() == 1
+        ClientDevice(torch.device("cpu"), DeviceSettings()).apply(3)
+        assert torch.get_num_threads() == 3, "0: the experiment's threads"
     finally:
         torch.set_num_threads(before)
 
@@ -93,7 +95,7 @@ def test_cpu_memory_budget_stops_an_allocation_beyond_it() -> None:
         "torch.empty(2**28, dtype=torch.float32).fill_(1)\n"
         "status = Path('/proc/self/status').read_text().split('VmData:')[1].split()[0]\n"
         "budget = int(status) * 1024 + 2**28\n"
-        "ClientDevice(torch.device('cpu'), DeviceSettings(memory_budget=budget)).apply()\n"
+        "ClientDevice(torch.device('cpu'), DeviceSettings(memory_budget=budget)).apply(1)\n"
         "torch.empty(2**20).fill_(1)\n"
         "try:\n"
         "    torch.empty(2**28, dtype=torch.float32).fill_(1)\n"
@@ -185,7 +187,7 @@ def test_cuda_memory_budget_caps_the_allocator() -> None:
         "import torch\n"
         "from fedcore.clients.device import ClientDevice\n"
         "from fedcore.config import DeviceSettings\n"
-        "ClientDevice(torch.device('cuda'), DeviceSettings(memory_budget=2**30)).apply()\n"
+        "ClientDevice(torch.device('cuda'), DeviceSettings(memory_budget=2**30)).apply(1)\n"
         "small = torch.empty(2**26, device='cuda')\n"
         "try:\n"
         "    torch.empty(2**29, device='cuda')\n"
@@ -205,4 +207,4 @@ def test_a_budget_beyond_the_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Fake GPU")
     cuda = ClientDevice(torch.device("cuda"), DeviceSettings(memory_budget=2**31))
     with pytest.raises(DeviceUnavailable, match="exceeds the 1073741824 bytes of Fake GPU"):
-        cuda.apply()
+        cuda.apply(1)

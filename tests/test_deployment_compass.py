@@ -38,7 +38,7 @@ def compass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "evaluation.federated_clients=0",
         "deployment.address=127.0.0.1:0",
         "deployment.heartbeat_seconds=0.5",
-        "deployment.liveness_timeout=5.0",
+        "deployment.liveness_timeout=30",  # not under test: load must not trip it
     )
     port = server_port(server)
     clients = [client(root, port, i, "--slow", str(SLOW[i])) for i in range(4)]

@@ -34,7 +34,7 @@ ARGS = [
     "output.plot=false",
     "evaluation.federated_clients=0",
     "deployment.heartbeat_seconds=0.5",
-    "deployment.liveness_timeout=3",
+    "deployment.liveness_timeout=30",  # liveness is not under test: load must not trip it
     "deployment.checkpoint_every=1",
 ]
 

@@ -61,7 +61,7 @@ def test_killed_server_resumes_past_damaged_checkpoints_to_the_same_model(
     must be identical."""
     make_certs(tmp_path, 4)
     port = free_port()
-    args = ["num_clients=4", "clients_per_round=4", "rounds=8", "deployment.liveness_timeout=3"]
+    args = ["num_clients=4", "clients_per_round=4", "rounds=8", "deployment.liveness_timeout=30"]
     server = _server(tmp_path, port, *args)
     run = tmp_path / "run"
     wait_for(lambda: (run / "config.yaml").exists(), 60, "the run directory")

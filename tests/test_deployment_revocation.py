@@ -29,7 +29,7 @@ def _server(root: Path, port: int):
         "evaluation.federated_clients=0",
         f"deployment.address=127.0.0.1:{port}",
         "deployment.heartbeat_seconds=0.5",
-        "deployment.liveness_timeout=5",
+        "deployment.liveness_timeout=30",  # not under test: load must not trip it
         f"deployment.certs={root / 'certs' / 'server'}",
         f"hydra.run.dir={root / 'run'}",
         cwd=root,
