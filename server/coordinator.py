@@ -130,6 +130,7 @@ class Coordinator:
         #: Each client's declared example count (None: only validation.max_examples bounds
         #: what an update claims).
         self.declared_examples = declared_examples
+        self._declared_median: float | None = None
         self._client_speed = client_speed
         self._layout = layout
         self._model = initial
@@ -404,14 +405,20 @@ class Coordinator:
     def _example_cap(self, client: int) -> int:
         """The most examples an update of `client` may count for: what it declared (its
         partition, or its own data at join) and `examples_vs_median` x the clients' median."""
-        if self.declared_examples is None:
+        declared = self.declared_examples
+        if declared is None:
             return self.policy.max_examples
-        declared = [self.declared_examples(c) for c in range(self._num_clients)]
-        cap = declared[client] or self.policy.max_examples
-        known = [count for count in declared if count]
-        if self.policy.examples_vs_median and known:
-            cap = min(cap, max(1, int(self.policy.examples_vs_median * float(np.median(known)))))
+        cap = declared(client) or self.policy.max_examples
+        if self._declared_median is None:
+            known = [count for count in map(declared, range(self._num_clients)) if count]
+            self._declared_median = float(np.median(known)) if known else 0.0
+        if self.policy.examples_vs_median and self._declared_median:
+            cap = min(cap, max(1, int(self.policy.examples_vs_median * self._declared_median)))
         return cap
+
+    def declarations_changed(self) -> None:
+        """A client declared a new example count (at join): the median is taken again."""
+        self._declared_median = None
 
     def _payload_of(self, task: Task) -> str:
         """The payload kind `task`'s upload must carry, which the strategy must take."""

@@ -142,6 +142,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             name=request.client_id,
             profile=slot.profile,
         )
+        self.coordinator.declarations_changed()
         self.registry.changed.set()
         if slot.number not in self.coordinator.outstanding:
             self.coordinator.client_idle(slot.number)
