@@ -21,8 +21,7 @@ class TaskError(ConfigError):
 def decode_params(params_type: type[P], values: Mapping[str, float], where: str) -> P:
     """An instance of dataclass `params_type` from a task's float map: keys must be its fields,
     integers integral, booleans 0 or 1; its `__post_init__` checks the values."""
-    hints = get_type_hints(params_type)
-    fields = {f.name for f in dataclasses.fields(params_type)}  # type: ignore[arg-type]
+    hints, fields = _field_types(params_type)
     kwargs: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in fields:
@@ -45,6 +44,20 @@ def decode_params(params_type: type[P], values: Mapping[str, float], where: str)
         return params_type(**kwargs)
     except ValueError as error:
         raise TaskError(f"{where}.{error}") from None
+
+
+#: Resolved field types and field names of each parameters dataclass decoded so far.
+_FIELD_TYPES: dict[type, tuple[dict[str, Any], frozenset[str]]] = {}
+
+
+def _field_types(params_type: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A parameters dataclass's field types and names, worked out once per class (every task
+    is decoded at dispatch and when it runs: resolving string annotations each time dominated)."""
+    known = _FIELD_TYPES.get(params_type)
+    if known is None:
+        names = frozenset(f.name for f in dataclasses.fields(params_type))
+        known = _FIELD_TYPES[params_type] = (get_type_hints(params_type), names)
+    return known
 
 
 class Registry(Generic[T]):

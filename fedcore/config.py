@@ -250,6 +250,7 @@ class DeploymentConfig:
     checkpoint_keep: int = 3
     gone_timeout: float = 60.0
     spool_bytes: int = 64 << 20
+    memory_uploads: int = 1
     upload_timeout: float = 300.0
     task_timeout: float = 3600.0
     handshake_timeout: float = 10.0
@@ -269,6 +270,7 @@ class DeploymentConfig:
         )
         require(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1", self.checkpoint_keep)
         require(self.spool_bytes >= 0, "spool_bytes", "must be >= 0 (0: never)", self.spool_bytes)
+        require(self.memory_uploads >= 0, "memory_uploads", "must be >= 0", self.memory_uploads)
         require(
             math.isfinite(self.upload_timeout) and self.upload_timeout > 0,
             "upload_timeout",

@@ -63,12 +63,10 @@ def download_frames(
     buffers: torch.Tensor,
     download: str,
     chunk_bytes: int,
-    digests: dict[str, dict[int, str]],
 ) -> Iterator[FrameParts]:
-    """The frames of a task's download: the model as `download` says, then the extras
-    (`digests` caches the whole model's chunk hashes)."""
+    """The frames of a task's download: the model as `download` says, then the extras."""
     if download == "full":
-        yield from vector_frames({"params": params, "buffers": buffers}, chunk_bytes, digests)
+        yield from vector_frames({"params": params, "buffers": buffers}, chunk_bytes)
     elif download == "masked":
         mask = task.extras[MASK].reshape(-1).to(torch.bool)
         yield from vector_frames(

@@ -9,8 +9,9 @@ and ask for the dense vector only where they need it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +20,9 @@ import torch
 #: Task.hyper key giving the size K of a seeds task's candidate pool.
 SEED_POOL = "seed_pool"
 INDEX_DTYPES = (torch.int64, torch.int32)
+#: A norm taken in the values' own precision below this may have lost squares to underflow (and
+#: an infinite one may be an overflow): it is taken again in float64.
+RECHECK_NORM_BELOW = 1e-10
 
 
 class PayloadError(ValueError):
@@ -38,12 +42,25 @@ def all_finite(vector: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def _check_values(values: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+def l2_norm(values: torch.Tensor) -> float:
+    """The L2 norm of `values`, not finite exactly when one of them is not: one read in their
+    own precision, a second in float64 only where that precision ran out of range."""
+    norm = float(torch.linalg.vector_norm(values))
+    if math.isfinite(norm) and norm >= RECHECK_NORM_BELOW:
+        return norm
+    return float(torch.linalg.vector_norm(values, dtype=torch.float64))
+
+
+def _check_values(
+    values: torch.Tensor, dtype: torch.dtype, what: str, norm: Callable[[], float] | None = None
+) -> None:
+    """PayloadError unless `values` are 1-D, of `dtype` and finite; `norm`, where given, measures
+    their L2 norm, which serves as the finiteness check (instead of a read for min and max)."""
     if values.dim() != 1:
         raise PayloadError(f"{what} must be 1-D, got shape {tuple(values.shape)}")
     if values.dtype != dtype:
         raise PayloadError(f"wrong dtype: {what} are {values.dtype}, the model is {dtype}")
-    if not all_finite(values):
+    if not (all_finite(values) if norm is None else math.isfinite(norm())):
         raise PayloadError(f"{what} contain NaN or Inf")
 
 
@@ -69,8 +86,25 @@ def check_positions(indices: torch.Tensor, limit: int, what: str) -> None:
         )
 
 
+class _Delta:
+    """What dense and sparse deltas share: values, counted, and their norm."""
+
+    values: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """Entries carried."""
+        return self.values.numel()
+
+    @cached_property
+    def norm(self) -> float:
+        """The L2 norm of the values (`l2_norm`), taken once: the finiteness check, the norm
+        bound and the validation's delta-norm limit share it."""
+        return l2_norm(self.values)
+
+
 @dataclass(frozen=True)
-class DenseDelta:
+class DenseDelta(_Delta):
     """A full-size parameter delta: trained minus received weights."""
 
     values: torch.Tensor
@@ -80,11 +114,6 @@ class DenseDelta:
         """The tensors that travel, by wire name."""
         return {"delta": self.values}
 
-    @property
-    def count(self) -> int:
-        """Entries carried."""
-        return self.values.numel()
-
     def check(self, numel: int, dtype: torch.dtype) -> None:
         """PayloadError unless this is `numel` finite values of `dtype`."""
         if self.values.shape != (numel,):
@@ -92,7 +121,7 @@ class DenseDelta:
                 f"length mismatch: dense delta has shape {tuple(self.values.shape)}, the model "
                 f"has {numel} parameters"
             )
-        _check_values(self.values, dtype, "delta values")
+        _check_values(self.values, dtype, "delta values", lambda: self.norm)
 
     def dense(self, numel: int) -> torch.Tensor:
         """The delta as a vector of `numel` elements (itself)."""
@@ -100,7 +129,7 @@ class DenseDelta:
 
 
 @dataclass(frozen=True)
-class SparseDelta:
+class SparseDelta(_Delta):
     """A delta that is zero outside the listed positions: `indices` (strictly ascending) or
     `mask` (a little-endian bitmask, one bit per parameter, packed in uint8), and `values`."""
 
@@ -119,11 +148,6 @@ class SparseDelta:
             return {"indices": self.indices, "values": self.values}
         assert self.mask is not None
         return {"mask": self.mask, "values": self.values}
-
-    @property
-    def count(self) -> int:
-        """Entries carried."""
-        return self.values.numel()
 
     def positions(self, numel: int) -> torch.Tensor:
         """The parameter positions of `values`, ascending (int64)."""
@@ -161,7 +185,7 @@ class SparseDelta:
                     f"length mismatch: sparse mask selects {selected} parameters, "
                     f"{self.values.numel()} values"
                 )
-        _check_values(self.values, dtype, "sparse values")
+        _check_values(self.values, dtype, "sparse values", lambda: self.norm)
 
     def dense(self, numel: int) -> torch.Tensor:
         """Zeros of `numel` elements with `values` at their positions."""

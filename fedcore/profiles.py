@@ -111,6 +111,7 @@ class ProfileSampler:
     def __init__(self, config: ProfileConfig, seed: int) -> None:
         self.config = config
         self.seed = seed
+        self._profiles: dict[int, DeviceProfile] = {}
         if config.speed == "tiers":
             shares = np.array([t.share for t in config.tiers], dtype=np.float64)
             self._tier_cdf = np.cumsum(shares / shares.sum())
@@ -119,7 +120,13 @@ class ProfileSampler:
         return np.random.default_rng([self.seed, *key])
 
     def profile(self, client_id: int) -> DeviceProfile:
-        """The device of `client_id`."""
+        """The device of `client_id`, drawn once (a keyed generator costs more than a task)."""
+        known = self._profiles.get(client_id)
+        if known is None:
+            known = self._profiles[client_id] = self._draw_profile(client_id)
+        return known
+
+    def _draw_profile(self, client_id: int) -> DeviceProfile:
         config = self.config
         rng = self._rng(0, client_id)
         if config.speed == "constant":
@@ -163,12 +170,16 @@ class ProfileSampler:
         return bool(self._rng(kind, index, client_id).random() < fraction)
 
     def drops_out(self, client_id: int, task_key: int) -> bool:
-        """Whether this client vanishes during the task identified by `task_key` (its seed)."""
-        return bool(self._rng(1, client_id, task_key).random() < self.config.dropout)
+        """Whether this client vanishes during the task identified by `task_key` (its seed);
+        no draw without dropout (each draw is independent, so skipping one changes nothing)."""
+        dropout = self.config.dropout
+        return bool(dropout) and bool(self._rng(1, client_id, task_key).random() < dropout)
 
     def offline_after(self, client_id: int, task_key: int, forced: bool = False) -> float:
         """Seconds the client stays offline after that task: 0 when it stays available; always
-        a positive draw after a dropout (`forced`)."""
+        a positive draw after a dropout (`forced`); no draw for an always available client."""
+        if not forced and self.config.availability >= 1:
+            return 0.0
         rng = self._rng(2, client_id, task_key)
         if not forced and rng.random() < self.config.availability:
             return 0.0

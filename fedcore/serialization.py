@@ -1,9 +1,14 @@
 """Tensor frames: a pickle-free, self-checking binary format for tensors on the wire and on disk.
 
 A frame is `MAGIC | u32 header length | JSON header | raw little-endian bytes`. The header names
-the tensor, its dtype and full shape, the element offset and count of this chunk, and the
-sha256 of the bytes, so a large tensor travels as many small frames. Decoding checks every
-claim against the bytes actually present *before* allocating anything.
+the tensor, its dtype and full shape, the element offset and count of this chunk, and, in frames
+written to disk, the sha256 of the bytes, so a large tensor travels as many small frames.
+Decoding checks every claim against the bytes actually present *before* allocating anything.
+
+Frames on the wire carry no checksum: every connection is mutual TLS, whose record MACs already
+authenticate each byte in transit, and a chunk digest adds nothing against a client that holds a
+valid certificate (it would hash its own bad bytes). Files have no such guard, so their frames
+carry one and it is required (`decode_frame(..., require_checksum=True)`).
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class FrameHeader:
     shape: tuple[int, ...]
     offset: int
     count: int
-    sha256: str
+    #: None in a wire frame (see the module docstring).
+    sha256: str | None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -106,21 +112,22 @@ def frame_parts(
     name: str = "",
     offset: int = 0,
     shape: tuple[int, ...] | None = None,
-    sha256: str | None = None,
+    checksum: bool = True,
 ) -> FrameParts:
     """The parts of a frame holding `tensor` (or a chunk of a larger tensor of `shape` at
-    `offset`); `sha256` is the payload's digest when the caller already knows it."""
+    `offset`), with the payload's sha256 unless `checksum` is off (a wire frame)."""
     if tensor.dtype not in DTYPE_NAMES:
         raise FrameError(f"{name or 'tensor'}: dtype {tensor.dtype} is not supported on the wire")
     payload = tensor_bytes(tensor)
-    header = {
+    header: dict[str, Any] = {
         "name": name,
         "dtype": DTYPE_NAMES[tensor.dtype],
         "shape": list(shape if shape is not None else tensor.shape),
         "offset": offset,
         "count": tensor.numel(),
-        "sha256": sha256 or hashlib.sha256(payload).hexdigest(),
     }
+    if checksum:
+        header["sha256"] = hashlib.sha256(payload).hexdigest()
     head = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + _LENGTH.pack(len(head)) + head, payload
 
@@ -144,17 +151,11 @@ def _sha256(chunk: torch.Tensor) -> str:
     return hashlib.sha256(tensor_bytes(chunk)).hexdigest()
 
 
-def _digest(chunk: torch.Tensor, start: int, digests: dict[int, str]) -> str:
-    if start not in digests:
-        digests[start] = _sha256(chunk)
-    return digests[start]
-
-
 def chunk_digests(tensor: torch.Tensor, chunk_bytes: int, digests: dict[int, str]) -> list[str]:
     """The sha256 of each `chunk_bytes` chunk of `tensor`, in order. `digests` maps chunk offsets
     to digests already known: read where present, filled where not, so a tensor that is never
-    modified (a published model) is hashed once however often it is sent. Missing chunks are
-    hashed on all cores (hashlib releases the GIL)."""
+    modified (a published model) is hashed once however often it is asked for. Missing chunks
+    are hashed on all cores (hashlib releases the GIL)."""
     missing = [
         (start, chunk) for start, chunk in _chunks(tensor, chunk_bytes) if start not in digests
     ]
@@ -162,20 +163,19 @@ def chunk_digests(tensor: torch.Tensor, chunk_bytes: int, digests: dict[int, str
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             hashed = pool.map(_sha256, (chunk for _, chunk in missing))
             digests.update(zip((start for start, _ in missing), hashed, strict=True))
-    return [_digest(chunk, start, digests) for start, chunk in _chunks(tensor, chunk_bytes)]
+    else:
+        digests.update((start, _sha256(chunk)) for start, chunk in missing)
+    return [digests[start] for start, _ in _chunks(tensor, chunk_bytes)]
 
 
-def encode_chunks(
-    tensor: torch.Tensor, name: str, chunk_bytes: int, digests: dict[int, str] | None = None
-) -> Iterator[FrameParts]:
-    """Frames of at most `chunk_bytes` payload each, covering a tensor in order; `digests` is
-    a cache of chunk sha256s as in `chunk_digests`."""
+def encode_chunks(tensor: torch.Tensor, name: str, chunk_bytes: int) -> Iterator[FrameParts]:
+    """Wire frames (no checksum) of at most `chunk_bytes` payload each, covering a tensor in
+    order."""
     shape = tuple(tensor.shape)
     if tensor.numel() == 0:
-        yield frame_parts(tensor.reshape(-1), name, 0, shape)
+        yield frame_parts(tensor.reshape(-1), name, 0, shape, checksum=False)
     for start, chunk in _chunks(tensor, chunk_bytes):
-        sha256 = None if digests is None else _digest(chunk, start, digests)
-        yield frame_parts(chunk, name, start, shape, sha256)
+        yield frame_parts(chunk, name, start, shape, checksum=False)
 
 
 def _int(value: Any, what: str) -> int:
@@ -217,7 +217,7 @@ def parse_header(buffer: bytes | memoryview) -> tuple[FrameHeader, int]:
     if not isinstance(shape, list) or len(shape) > MAX_DIMS:
         raise FrameError(f"frame header field 'shape' must be a list of at most {MAX_DIMS} sizes")
     sha = raw.get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise FrameError("frame header field 'sha256' must be a 64-character hex digest")
     header = FrameHeader(
         name=name,
@@ -235,10 +235,13 @@ def parse_header(buffer: bytes | memoryview) -> tuple[FrameHeader, int]:
     return header, start + head_len
 
 
-def decode_frame(buffer: bytes | memoryview) -> tuple[FrameHeader, np.ndarray[Any, Any], int]:
+def decode_frame(
+    buffer: bytes | memoryview, require_checksum: bool = True
+) -> tuple[FrameHeader, np.ndarray[Any, Any], int]:
     """Decode the frame at the start of `buffer`: its header, the chunk as a read-only
     little-endian array viewing `buffer` (no copy), and the number of bytes consumed. The
-    payload is checked against its size and checksum first."""
+    payload is checked against its size and its checksum first; a frame without one is
+    refused unless `require_checksum` is off (a wire frame)."""
     view = memoryview(buffer)
     header, start = parse_header(view)
     end = start + header.nbytes
@@ -248,7 +251,10 @@ def decode_frame(buffer: bytes | memoryview) -> tuple[FrameHeader, np.ndarray[An
             f"{len(view) - start} present"
         )
     payload = view[start:end]
-    if hashlib.sha256(payload).hexdigest() != header.sha256:
+    if header.sha256 is None:
+        if require_checksum:
+            raise FrameError(f"{header.name}: frame carries no checksum (sha256)")
+    elif hashlib.sha256(payload).hexdigest() != header.sha256:
         raise FrameError(f"{header.name}: payload checksum mismatch (corrupted chunk)")
     return header, np.frombuffer(payload, dtype=_wire_dtype(header.torch_dtype)), end
 

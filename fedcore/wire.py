@@ -33,15 +33,11 @@ Expected = tuple[int, torch.dtype | tuple[torch.dtype, ...]]
 
 
 def vector_frames(
-    vectors: Mapping[str, torch.Tensor],
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    digests: dict[str, dict[int, str]] | None = None,
+    vectors: Mapping[str, torch.Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[FrameParts]:
-    """Frames of at most `chunk_bytes` payload covering each named 1-D vector in order;
-    `digests` caches each vector's chunk sha256s across calls (see `encode_chunks`)."""
+    """Wire frames of at most `chunk_bytes` payload covering each named 1-D vector in order."""
     for name, vector in vectors.items():
-        cache = None if digests is None else digests.setdefault(name, {})
-        yield from encode_chunks(vector, name, chunk_bytes, cache)
+        yield from encode_chunks(vector, name, chunk_bytes)
 
 
 class _Spool:
@@ -111,8 +107,9 @@ class VectorAssembler:
         self._filled: dict[str, int] = {}
 
     def add(self, frame: bytes | memoryview) -> None:
-        """Check one frame against the expected layout and copy its chunk into place."""
-        header, chunk, used = decode_frame(frame)
+        """Check one frame against the expected layout and copy its chunk into place (a wire
+        frame: TLS authenticated its bytes, so it needs no checksum; one it carries is checked)."""
+        header, chunk, used = decode_frame(frame, require_checksum=False)
         if used != len(frame):
             raise FrameError(f"{header.name}: {len(frame) - used} unexpected bytes after the frame")
         if header.name not in self.expected:

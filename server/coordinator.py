@@ -12,6 +12,7 @@ Nothing here knows how bytes move.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -124,9 +125,13 @@ class Coordinator:
         evaluation_candidates: Callable[[], list[int]] | None = None,
         spool_dir: Path | None = None,
         declared_examples: Callable[[int], int] | None = None,
+        keep_in_memory_bytes: int = 0,
     ) -> None:
         self.strategy = strategy
         self.spool_dir = spool_dir
+        #: Held arrivals' large vectors stay in memory while they total at most this (`keep`).
+        self.keep_in_memory_bytes = keep_in_memory_bytes
+        self._kept_in_memory = 0
         #: Each client's declared example count (None: only validation.max_examples bounds
         #: what an update claims).
         self.declared_examples = declared_examples
@@ -205,17 +210,32 @@ class Coordinator:
 
     def keep(self, arrival: Arrival) -> Arrival:
         """`arrival` with its dense delta and buffers of at least KEEP_SPOOL_BYTES moved to the
-        spool directory (unchanged without one)."""
+        spool directory (unchanged without one), unless they fit in what remains of
+        `keep_in_memory_bytes` (counted until they are freed): a few held updates of a large
+        model then cost no disk round trip."""
         update = arrival.update
         if self.spool_dir is None:
             return arrival
         payload = update.payload
         if isinstance(payload, DenseDelta):
-            payload = DenseDelta(spooled(payload.values, self.spool_dir, KEEP_SPOOL_BYTES))
+            payload = DenseDelta(self._kept(payload.values, self.spool_dir))
         buffers = update.buffers
         if buffers is not None:
-            buffers = spooled(buffers, self.spool_dir, KEEP_SPOOL_BYTES)
+            buffers = self._kept(buffers, self.spool_dir)
         return replace(arrival, update=replace(update, payload=payload, buffers=buffers))
+
+    def _kept(self, vector: torch.Tensor, spool_dir: Path) -> torch.Tensor:
+        nbytes = vector.numel() * vector.element_size()
+        if nbytes < KEEP_SPOOL_BYTES:
+            return vector
+        if self._kept_in_memory + nbytes > self.keep_in_memory_bytes:
+            return spooled(vector, spool_dir, KEEP_SPOOL_BYTES)
+        self._kept_in_memory += nbytes
+        weakref.finalize(vector, self._freed, nbytes)
+        return vector
+
+    def _freed(self, nbytes: int) -> None:
+        self._kept_in_memory -= nbytes
 
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
         """Install the next version, tell listeners, and stop after `max_versions`."""
@@ -488,8 +508,9 @@ class Coordinator:
 
 def model_digest(model: GlobalModel) -> str:
     """The model's identity: sha256 over the sha256s of its parameters' and then its buffers'
-    raw little-endian bytes, cut in wire-sized chunks (a hash list). Each chunk is hashed once
-    per model, and the same digests travel in the frames of every download."""
+    raw little-endian bytes, cut in wire-sized chunks (a hash list, hashed on all cores). The
+    chunk digests are cached on the model: the ledger's record at publication, the run's
+    summary and checks after a resume hash it once."""
     cache = model.chunk_digests(DEFAULT_CHUNK_BYTES)
     digest = hashlib.sha256()
     for name, vector in (("params", model.params), ("buffers", model.buffers)):

@@ -379,6 +379,8 @@ def deploy(
             evaluation_candidates=driver.connected_clients,
             spool_dir=spool_dir,
             declared_examples=driver.declared_examples,
+            keep_in_memory_bytes=config.memory_uploads
+            * (experiment.layout.params.nbytes + experiment.layout.buffers.nbytes),
         )
         driver.coordinator = coordinator
         service = CoordinatorService(
@@ -389,6 +391,7 @@ def deploy(
             spool_dir,
             config.spool_bytes,
             config.upload_timeout,
+            config.memory_uploads,
         )
         if state is not None:
             registry.restore(state.registry)

@@ -28,6 +28,7 @@ from fedcore.messages import (
 )
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
+from fedcore.records import Task
 from fedcore.rpc import DOWNLOAD_FRAME_FIELD, frame_message
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, FrameError
 from fedcore.server.coordinator import Coordinator
@@ -61,12 +62,18 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         spool_dir: Path | None = None,
         spool_bytes: int = 0,
         upload_timeout: float = 300.0,
+        memory_uploads: int = 0,
     ) -> None:
+        """Uploads with vectors of at least `spool_bytes` go to `spool_dir`, except while fewer
+        than `memory_uploads` uploads are being received in memory (the common case of one
+        upload at a time then never touches the disk)."""
         self.coordinator = coordinator
         self.registry = registry
         self.now = now
         self.spool_dir = spool_dir
         self.spool_bytes = spool_bytes
+        self.memory_uploads = memory_uploads
+        self._in_memory = 0
         self.upload_timeout = upload_timeout
         self._streams: dict[str, int] = {}
         self.heartbeat_seconds = heartbeat_seconds
@@ -235,7 +242,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             model.buffers,
             self._download(slot, parked),
             chunk,
-            model.chunk_digests(chunk),
         )
         for parts in frames:
             message = frame_message(DOWNLOAD_FRAME_FIELD, parts)
@@ -294,11 +300,40 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort(refusal.code, str(refusal))
             raise  # context.abort has already raised; this only tells type checkers
         slot.take(parked)
-        task, evaluation = parked.task, parked.task.technique == "evaluate"
+        with self._upload_memory() as in_memory:
+            return await self._receive(
+                request_iterator, header, slot, parked.task, deadline, in_memory
+            )
+
+    @contextlib.contextmanager
+    def _upload_memory(self) -> Iterator[bool]:
+        """Whether this upload may be received in memory (one of `memory_uploads` places), held
+        until its update has been delivered."""
+        in_memory = self._in_memory < self.memory_uploads
+        self._in_memory += in_memory
+        try:
+            yield in_memory
+        finally:
+            self._in_memory -= in_memory
+
+    async def _receive(
+        self,
+        request_iterator: AsyncIterator[pb.UploadHeader | memoryview],
+        header: pb.UploadHeader,
+        slot: ClientSlot,
+        task: Task,
+        deadline: float,
+        in_memory: bool,
+    ) -> pb.UploadReply:
+        """Reassemble an admitted upload's frames by `deadline` (event-loop time) and deliver
+        the update."""
+        evaluation = task.technique == "evaluate"
+        loop = asyncio.get_running_loop()
         assembler: VectorAssembler | None = None
         try:
             expected = upload_layout(header, self.coordinator.layout, task.local_steps)
-            assembler = VectorAssembler(expected, self.spool_dir, self.spool_bytes)
+            spool_dir = None if in_memory else self.spool_dir
+            assembler = VectorAssembler(expected, spool_dir, self.spool_bytes)
             left = max(0.0, deadline - loop.time())
             await asyncio.wait_for(self._frames(request_iterator, assembler), left)
             vectors = assembler.result()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from fedcore.bounded import capped
 from fedcore.config import ValidationPolicy
 from fedcore.params import ModelLayout
@@ -52,7 +50,7 @@ def validate(
         except PayloadError as error:
             raise UpdateRejected(str(error)) from None
         if policy.max_delta_norm and not isinstance(payload, SeedDelta):
-            norm = float(torch.linalg.vector_norm(payload.values))
+            norm = payload.norm
             if norm > policy.max_delta_norm:
                 raise UpdateRejected(f"delta norm {norm:.4g} above bound {policy.max_delta_norm}")
     buffers = update.buffers

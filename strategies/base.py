@@ -73,13 +73,12 @@ class Arrival:
         dense = self._dense()
         return dense if self.scale == 1.0 else dense * self.scale
 
-    @cached_property
+    @property
     def norm(self) -> float | None:
-        """The L2 norm of the update as it came (None for seed payloads, which carry no vector)."""
+        """The L2 norm of the update as it came, measured once by validation (None for seed
+        payloads, which carry no vector)."""
         payload = self.update.payload
-        if not isinstance(payload, DenseDelta | SparseDelta):
-            return None
-        return float(torch.linalg.vector_norm(payload.values, dtype=torch.float64))
+        return payload.norm if isinstance(payload, DenseDelta | SparseDelta) else None
 
     def fold_into(self, accumulator: StreamingAccumulator, weight: float) -> None:
         """Add `weight` x the delta to a running sum (`weight` to its total), reading a sparse

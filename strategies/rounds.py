@@ -146,8 +146,9 @@ class NormBound:
         self.norms = (self.norms + mine)[-NORM_WINDOW:]
 
     def apply(self, arrival: Arrival) -> Arrival:
-        """`arrival`, shrunk to the bound if it exceeds it."""
-        norm, bound = arrival.norm, self.bound
+        """`arrival` of this round, shrunk to the bound if it exceeds it (by the norm noted when
+        it arrived: a held arrival's vector may since have moved to disk)."""
+        norm, bound = self._round.get(arrival.update.client_id), self.bound
         if not self.multiple or norm is None or bound is None or norm <= bound:
             return arrival
         self.shrunk += 1

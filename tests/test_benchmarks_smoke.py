@@ -49,7 +49,7 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
         hogged = result["cpu_beside_hog"]
         assert hogged["busy_processes"] >= 1 and len(hogged["cases"]) == len(result["cpu"])
         for row in result["cpu"] + hogged["cases"]:
-            assert set(row["gbps"]) == {"copy", "streaming", "batch"}
+            assert set(row["gbps"]) == {"copy", "streaming", "batch", "receive"}
             assert row["max_abs_difference"] < 1e-4
     elif name == "simulation_overhead":
         assert 90_000 <= result["model_params"] <= 110_000

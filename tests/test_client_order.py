@@ -127,3 +127,35 @@ def test_held_arrivals_wait_on_disk_when_large(tmp_path):
     assert kept.update.payload.values.untyped_storage().filename is not None
     assert torch.equal(kept.update.payload.values, delta)
     assert list(spool.iterdir()) == [], "the spool file is unlinked: freed with the arrival"
+
+
+def test_held_arrivals_stay_in_memory_within_the_budget(tmp_path):
+    """One large held update fits `keep_in_memory_bytes`; the next goes to disk until the first
+    is freed, and then memory is used again."""
+    large = KEEP_SPOOL_BYTES // 4
+    params = torch.zeros(large)
+    layout = ModelLayout(ParamSpec.from_named([("w", params)]), ParamSpec(()))
+    model = GlobalModel(params, torch.zeros(0), 0)
+    coordinator = Coordinator(
+        FedAvg(FedAvgConfig(clients_per_round=2), seed=0),
+        layout,
+        model,
+        _NoTransport(),
+        max_versions=1,
+        num_clients=2,
+        spool_dir=tmp_path / "spool",
+        keep_in_memory_bytes=KEEP_SPOOL_BYTES,
+    )
+
+    def kept(client: int) -> torch.Tensor:
+        arrival = Arrival(Update(client, 0, 10, DenseDelta(torch.randn(large))), model, 0)
+        values = coordinator.keep(arrival).update.payload
+        assert isinstance(values, DenseDelta)
+        return values.values
+
+    first = kept(0)
+    assert first.untyped_storage().filename is None
+    second = kept(1)
+    assert second.untyped_storage().filename is not None
+    del first
+    assert kept(0).untyped_storage().filename is None

@@ -80,16 +80,23 @@ def test_reset_empties_in_place():
     assert torch.equal(acc.mean(), torch.full((4,), 3.0))
 
 
-def test_two_updates_fold_to_the_same_bits_in_either_order() -> None:
-    """No fused multiply-add: a deployment's arrival order cannot change a two-client round."""
+def test_a_sparse_fold_gives_the_bits_of_the_dense_fold() -> None:
+    """Top-k and dense clients of one round fold alike: a sparse update adds exactly what its
+    dense form would, shrink scale included, into a sum that already holds other updates."""
     generator = torch.Generator().manual_seed(5)
-    a, b = torch.randn(200_003, generator=generator), torch.randn(200_003, generator=generator)
-    forward, backward = StreamingAccumulator(a.numel()), StreamingAccumulator(a.numel())
-    forward.add(a, 317.0)
-    forward.add(b, 211.0)
-    backward.add(b, 211.0)
-    backward.add(a, 317.0)
-    assert torch.equal(forward.mean(), backward.mean())
+    numel = 200_003
+    earlier = torch.randn(numel, generator=generator)
+    positions = torch.randperm(numel, generator=generator)[: numel // 7].sort().values
+    values = torch.randn(positions.numel(), generator=generator)
+    dense_form = torch.zeros(numel)
+    dense_form[positions] = values
+    dense, sparse = StreamingAccumulator(numel), StreamingAccumulator(numel)
+    for accumulator in (dense, sparse):
+        accumulator.add(earlier, 317.0)
+    dense.add(dense_form, 211.0, scale=0.73)
+    sparse.add_sparse(positions, values, 211.0, scale=0.73)
+    assert torch.equal(dense.sum, sparse.sum)
+    assert (dense.weight, dense.count) == (sparse.weight, sparse.count)
 
 
 def test_a_mean_formed_in_place_and_released_survives_the_next_round() -> None:

@@ -33,7 +33,7 @@ def _through_the_wire(task: Task, download: str, held=None):
     params, buffers = torch.randn(P), torch.randn(3)
     reply = task_reply(task, "t1", 0.0, download)
     assembler = VectorAssembler(download_layout(reply, LAYOUT))
-    for parts in download_frames(task, params, buffers, download, 64, {}):
+    for parts in download_frames(task, params, buffers, download, 64):
         assembler.add(b"".join(parts))
     held = held or (torch.zeros(P), torch.zeros(3))
     received, got_params, got_buffers = received_task(reply, 7, assembler.result(), LAYOUT, held)
@@ -65,7 +65,7 @@ def test_a_held_version_is_not_sent_again():
     held = (torch.full((P,), 2.0), torch.ones(3))
     reply = task_reply(task, "t1", 0.0, "held")
     assert "params" not in download_layout(reply, LAYOUT)
-    assert not list(download_frames(task, torch.zeros(P), torch.zeros(3), "held", 64, {}))
+    assert not list(download_frames(task, torch.zeros(P), torch.zeros(3), "held", 64))
     _, received, got_params, got_buffers = _through_the_wire(task, "held", held)
     assert got_params is held[0] and got_buffers is held[1] and received.download == "full"
 

@@ -40,10 +40,22 @@ def test_chunks_reassemble_in_order():
     assert len(frames) == 4
     out = torch.empty(1000)
     for frame in frames:
-        header, chunk, _ = decode_frame(frame)
-        assert header.shape == (1000,)
+        header, chunk, _ = decode_frame(frame, require_checksum=False)
+        assert header.shape == (1000,) and header.sha256 is None
         out[header.offset : header.offset + header.count] = chunk_tensor(header, chunk)
     assert torch.equal(out, tensor)
+
+
+def test_wire_frames_carry_no_checksum_and_files_require_one():
+    """TLS authenticates wire frames, so they are not hashed; a frame read from a file must
+    carry its sha256, and one that carries it is checked wherever it is read."""
+    wire = b"".join(next(encode_chunks(torch.randn(10), "x", 1024)))
+    with pytest.raises(FrameError, match="carries no checksum"):
+        decode(wire)
+    flipped = bytearray(encode(torch.randn(10), "x"))
+    flipped[-1] ^= 0x01
+    with pytest.raises(FrameError, match="checksum mismatch"):
+        decode_frame(bytes(flipped), require_checksum=False)
 
 
 def _forge(header: dict, payload: bytes) -> bytes:
@@ -106,7 +118,7 @@ def test_rejects_headers_that_lie_about_sizes():
     with pytest.raises(FrameError, match="not valid JSON"):
         decode(MAGIC + struct.pack("<I", 3) + b"{{{")
     with pytest.raises(FrameError, match="chunk, not the whole tensor"):
-        decode(b"".join(next(encode_chunks(torch.randn(100), "x", 40))))
+        decode(encode(torch.randn(10), "x", 0, (100,)))
 
 
 def test_many_rejects_duplicates_and_trailing_garbage():

@@ -1,12 +1,14 @@
 """Update validation: every reason an update is refused before it can touch the model, per
 payload kind (dense, sparse by indices or by mask, seeds, metrics only)."""
 
+import math
+
 import pytest
 import torch
 
 from fedcore.messages import pack_bits
 from fedcore.params import ModelLayout, ParamSpec
-from fedcore.payloads import DenseDelta, SeedDelta, SparseDelta, all_finite
+from fedcore.payloads import DenseDelta, SeedDelta, SparseDelta, all_finite, l2_norm
 from fedcore.records import Task, Update
 from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
 from fedcore.strategies.base import Arrival, GlobalModel
@@ -134,3 +136,14 @@ def test_all_finite_agrees_with_isfinite():
         vector[position] = [float("nan"), float("inf"), float("-inf"), 1.0][position % 4]
         assert all_finite(vector) == bool(torch.isfinite(vector).all())
     assert all_finite(torch.zeros(0))
+
+
+@pytest.mark.parametrize("magnitude", [1e30, 1e-30, 1.0, 0.0])
+def test_the_norm_is_finite_exactly_when_every_value_is(magnitude):
+    """Values whose float32 squares overflow or underflow still get their true norm, and a
+    single NaN or infinity makes it non-finite (the check validation relies on)."""
+    vector = torch.full((1000,), magnitude)
+    assert l2_norm(vector) == pytest.approx(magnitude * 1000**0.5, rel=1e-6)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        vector[417] = bad
+        assert not math.isfinite(l2_norm(vector))

@@ -31,8 +31,10 @@ class Split:
             return
         if self.index.dtype != torch.int64 or self.index.dim() != 1:
             raise ValueError(f"index must be a 1-D int64 tensor, got {self.index.dtype}")
-        if len(self.index) and (self.index.min() < 0 or self.index.max() >= len(self.y)):
-            raise ValueError(f"index entries must lie in [0, {len(self.y)})")
+        if len(self.index):
+            low, high = (int(end) for end in torch.aminmax(self.index))
+            if low < 0 or high >= len(self.y):
+                raise ValueError(f"index entries must lie in [0, {len(self.y)})")
 
     def __len__(self) -> int:
         return len(self.y) if self.index is None else len(self.index)

@@ -1,17 +1,15 @@
 """Weighted sums of client vectors: the FedAvg kernel, in streaming and batch form.
 
 Both are memory-bandwidth bound (about 0.5 FLOP per byte), so the streaming form keeps one
-O(P) accumulator and reads each arriving update exactly once; the batch form over a stacked
-[N, P] block is one GEMV. On CUDA, host vectors are staged through pinned memory and copied
-asynchronously so that transfers overlap the previous fold.
+O(P) accumulator and reads each arriving update exactly once, in one fused multiply-add over the
+whole vector; the batch form over a stacked [N, P] block is one GEMV. On CUDA, host vectors are
+staged through pinned memory and copied asynchronously so that transfers overlap the previous
+fold.
 """
 
 from __future__ import annotations
 
 import torch
-
-#: Elements scaled per step of a fold: the scratch product stays in cache.
-FOLD_CHUNK = 1 << 16
 
 
 class StreamingAccumulator:
@@ -26,7 +24,6 @@ class StreamingAccumulator:
         self.count = 0
         self._divided = False
         self._released = False
-        self._scratch = torch.empty(min(numel, FOLD_CHUNK), dtype=dtype, device=self.device)
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event]] = []
 
     def reset(self) -> None:
@@ -53,37 +50,33 @@ class StreamingAccumulator:
 
     def add(self, vector: torch.Tensor, weight: float, scale: float = 1.0) -> None:
         """Fold `weight * scale * vector` into the running sum and `weight` into the total (a
-        `scale` below 1 shrinks a vector without changing its share): product rounded, then
-        added (no fused multiply-add), so that two updates give the same bits in either order."""
+        `scale` below 1 shrinks a vector without changing its share): one fused multiply-add,
+        so the bits depend on the order of the adds, which callers fix (client order)."""
         if self._divided:
             raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
         if vector.shape != self._sum.shape:
             raise ValueError(
                 f"vector of shape {tuple(vector.shape)} does not fit {tuple(self._sum.shape)}"
             )
-        vector = self._on_device(vector)
-        total = self.sum
-        scaled = self._scratch
-        for start in range(0, vector.numel(), FOLD_CHUNK):
-            part = vector[start : start + FOLD_CHUNK]
-            product = scaled[: part.numel()]
-            torch.mul(part, weight * scale, out=product)
-            total[start : start + FOLD_CHUNK].add_(product)
+        self.sum.add_(self._on_device(vector), alpha=weight * scale)
         self.weight += weight
         self.count += 1
 
     def add_sparse(
         self, positions: torch.Tensor, values: torch.Tensor, weight: float, scale: float = 1.0
     ) -> None:
-        """Fold `weight * scale * values` in at distinct `positions`: the same bits as `add` of
-        the dense vector that is zero elsewhere, reading only the non-zeros."""
+        """Fold `weight * scale * values` in at distinct `positions`: the same fused
+        multiply-add as `add` on the gathered sums, so the same bits as `add` of the dense
+        vector that is zero elsewhere, reading only the non-zeros."""
         if self._divided:
             raise RuntimeError("reset() the accumulator before adding: its sum became a mean")
         if positions.shape != values.shape or positions.dim() != 1:
             raise ValueError("sparse fold needs 1-D positions and values of the same length")
         total = self.sum
-        product = torch.mul(self._on_device(values), weight * scale)
-        total.index_add_(0, positions.to(self.device), product)
+        on_device = positions.to(self.device)
+        gathered = total.index_select(0, on_device)
+        gathered.add_(self._on_device(values), alpha=weight * scale)
+        total.index_copy_(0, on_device, gathered)
         self.weight += weight
         self.count += 1
 
