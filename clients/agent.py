@@ -32,6 +32,7 @@ from fedcore.clients.trainer import LocalTrainer
 from fedcore.config import ExperimentConfig
 from fedcore.data import Split, holdout_split
 from fedcore.federation import make_federation, model_builder
+from fedcore.memory import peak_rss_bytes
 from fedcore.messages import download_layout, received_task, update_vectors, upload_header
 from fedcore.proto import coordinator_pb2 as pb
 from fedcore.proto import coordinator_pb2_grpc as pb_grpc
@@ -58,6 +59,10 @@ class ClientSettings:
     server_name: str = ""
     max_backoff: float = 30.0
     poll_seconds: float = 10.0
+
+
+#: What stands for a held model a download replaces (it is never read).
+NO_TENSOR = torch.empty(0)
 
 
 def channel_for(settings: ClientSettings) -> grpc.Channel:
@@ -100,6 +105,8 @@ class ClientAgent:
         self.local_data = (
             local_splits(load_local_data(data, self.federation.dataset), config) if data else None
         )
+        #: Peak RSS before the model exists: the interpreter, the libraries and the data.
+        self.rss_before_model = peak_rss_bytes()
         self.trainer = LocalTrainer(
             model_builder(config, self.federation.dataset), device=self.device.device
         )
@@ -308,10 +315,10 @@ class ClientAgent:
             assembler.add(frame)
         vectors = assembler.result()
         memory = self._model_memory
-        held = (
-            memory.get("params", torch.zeros(layout.params.numel, dtype=layout.params.dtype)),
-            memory.get("buffers", torch.zeros(layout.buffers.numel, dtype=layout.buffers.dtype)),
-        )
+        if reply.download in ("full", "masked") or "params" in memory:
+            held = (memory.get("params", NO_TENSOR), memory.get("buffers", NO_TENSOR))
+        else:  # a task that needs no model, before any was downloaded
+            held = (layout.params.empty().zero_(), layout.buffers.empty().zero_())
         task, params, buffers = received_task(reply, self.number, vectors, layout, held)
         if reply.download == "full":
             self._model_memory = {"params": params, "buffers": buffers}

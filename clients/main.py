@@ -99,9 +99,10 @@ def _run(args: argparse.Namespace) -> int:
         device = client_device(args.device, config.client_devices)
         device.apply(config.threads)
         settings = ClientSettings(args.server, args.id, args.certs, args.server_name)
-        accepted = ClientAgent(
+        agent = ClientAgent(
             settings, config, step_delay=args.slow, device=device, data=args.data, state=args.state
-        ).run()
+        )
+        accepted = agent.run()
     except (
         ClientFatal,
         ConfigError,
@@ -114,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"fedcore client {args.id}: done, {accepted} updates accepted "
-        f"(peak RSS {peak_rss_bytes() / 2**20:.0f} MiB)",
+        f"(peak RSS {peak_rss_bytes() / 2**20:.0f} MiB, "
+        f"{agent.rss_before_model / 2**20:.0f} MiB before the model)",
         flush=True,
     )
     return 0

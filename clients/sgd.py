@@ -1,8 +1,10 @@
 """The one local SGD loop every gradient technique runs, over flat parameters.
 
-Loading weights, weight decay, a technique's gradient term (FedProx's proximal pull), momentum
-and the step are each one tensor op on the flat vectors of a `BoundModule`. Techniques change
-the loss (`loss`) or add to the gradient (`adjust`), never the loop.
+Loading weights is one copy into the flat vector of a `BoundModule`. Weight decay, momentum and
+the step act on each layer's gradient as the backward pass stored it (one foreach op each, as
+torch.optim.SGD does), so no model-sized temporary is made to gather gradients; a technique's
+gradient term (FedProx's proximal pull) acts on the flat gradient, gathered only for it.
+Techniques change the loss (`loss`) or add to the gradient (`adjust`), never the loop.
 """
 
 from __future__ import annotations
@@ -92,24 +94,19 @@ def run_sgd(
         start = start.clone()
     bound.load(start, model[1].to(device))
     batches = task_batches(task, params, len(data))
-    moving = velocity() if params.momentum else None
+    moving = None
+    if params.momentum:
+        moving = list(bound.layout.params.unflatten(velocity()).values())
     bound.module.train()
     loss_sum = torch.zeros((), device=device)
     for indices in batches:
         x, y = data.batch(indices)
-        bound.grads.zero_()
+        bound.fresh_grads()
         value = loss(bound.module(x.to(device)), y.to(device))
         value.backward()
         loss_sum += value.detach()
-        grad = bound.grads
-        if params.weight_decay:
-            grad.add_(bound.params, alpha=params.weight_decay)
-        if adjust is not None:
-            adjust(grad, bound.params, start)
-        if moving is not None:
-            grad = moving.mul_(params.momentum).add_(grad)
-        with torch.no_grad():
-            bound.params.add_(grad, alpha=-params.lr)
+        _step(bound, params, moving, adjust, start)
+    bound.fresh_grads()  # the last step's gradients are not kept past the task
     return delta_update(
         task,
         start,
@@ -121,3 +118,28 @@ def run_sgd(
         metrics={"train_loss": float(loss_sum) / max(1, len(batches))},
         reuse_start=reuse_model,
     )
+
+
+def _step(
+    bound: BoundModule,
+    params: SGDParams,
+    moving: list[torch.Tensor] | None,
+    adjust: Adjust | None,
+    start: torch.Tensor,
+) -> None:
+    """One SGD step from the layer gradients the backward pass left (weight decay, the
+    technique's term, momentum): torch.optim.SGD's update. The gradients are referenced only
+    here, so the next backward pass never finds this step's still alive."""
+    grads = bound.layer_grads()
+    weights = bound.param_views
+    if params.weight_decay:
+        torch._foreach_add_(grads, weights, alpha=params.weight_decay)
+    if adjust is not None:
+        adjust(bound.grads, bound.params, start)
+        grads = bound.layer_grads()
+    if moving is not None:
+        torch._foreach_mul_(moving, params.momentum)
+        torch._foreach_add_(moving, grads)
+        grads = moving
+    with torch.no_grad():
+        torch._foreach_add_(weights, grads, alpha=-params.lr)

@@ -148,10 +148,12 @@ def module_vectors(module: nn.Module, layout: ModelLayout) -> tuple[torch.Tensor
 
 
 class BoundModule:
-    """A module whose parameters (and gradients) are views into flat vectors.
+    """A module whose parameters (and, on request, gradients) are views into flat vectors.
 
-    Loading a global model is one `copy_`; the optimizer and FedProx-style terms act on
-    `self.params` and `self.grads` as single tensors instead of per-layer lists.
+    Loading a global model is one `copy_`; FedProx-style terms act on `self.params` and
+    `self.grads` as single tensors. Plain steps instead take each layer's gradient as the
+    backward pass stored it (`fresh_grads`, `layer_grads`): accumulating into an existing
+    gradient would cost a temporary as large as the largest layer.
     """
 
     def __init__(self, module: nn.Module, layout: ModelLayout | None = None) -> None:
@@ -161,9 +163,14 @@ class BoundModule:
         self.params = params
         self.buffers = buffers
         self._named_params = dict(module.named_parameters())
-        for name, view in self.layout.params.unflatten(self.params).items():
+        views = self.layout.params.unflatten(self.params)
+        for name, view in views.items():
             self._named_params[name].data = view
+        self._layers = [self._named_params[name] for name in views]
+        #: Views of `params`, one per parameter, in layout order.
+        self.param_views = list(views.values())
         self._grads: torch.Tensor | None = None
+        self._grad_views: list[torch.Tensor] = []
         self._buffer_views = self.layout.buffers.unflatten(self.buffers)
         self._module_buffers = dict(module.named_buffers())
 
@@ -171,15 +178,34 @@ class BoundModule:
     def grads(self) -> torch.Tensor:
         """The flat gradient the parameters' `.grad` views point into; allocated on first use, so
         a module that only evaluates never holds a model-sized gradient. Gradients a backward
-        pass left before then are carried over."""
+        pass stored elsewhere (after `fresh_grads`) are copied in (zeros where there were
+        none), and the views linked again."""
         if self._grads is None:
             self._grads = torch.zeros_like(self.params)
-            for name, view in self.layout.params.unflatten(self._grads).items():
-                parameter = self._named_params[name]
-                if parameter.grad is not None:
-                    view.copy_(parameter.grad)
-                parameter.grad = view
+            self._grad_views = list(self.layout.params.unflatten(self._grads).values())
+        for parameter, view in zip(self._layers, self._grad_views, strict=True):
+            grad = parameter.grad
+            if grad is not None and grad.data_ptr() == view.data_ptr():
+                continue
+            if grad is None:
+                view.zero_()
+            else:
+                view.copy_(grad)
+            parameter.grad = view
         return self._grads
+
+    def fresh_grads(self) -> None:
+        """Drop the parameters' gradients: the next backward pass stores each layer's gradient
+        as computed, instead of adding it into an existing one through a temporary."""
+        for parameter in self._layers:
+            parameter.grad = None
+
+    def layer_grads(self) -> list[torch.Tensor]:
+        """Each parameter's gradient in layout order (zeros for one the loss did not reach)."""
+        return [
+            torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
+            for parameter in self._layers
+        ]
 
     def load(self, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
         """Overwrite the module's weights (and buffers) from flat vectors."""

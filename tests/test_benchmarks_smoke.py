@@ -95,6 +95,7 @@ def test_transport_benchmark_runs_quick_and_writes_its_json(tmp_path):
         assert trip["round_latency_median_s"] > 0 and trip["throughput_mb_s"] > 0
         assert trip["server_peak_rss_bytes"] > trip["model_bytes"]
         assert trip["client_peak_rss_bytes"] > trip["model_bytes"]
+        assert 0 < trip["client_rss_before_model_bytes"] < trip["client_peak_rss_bytes"]
     cases = result["concurrent_uploads"]
     assert [(c["spool_bytes"] > 0, c["uploaders"]) for c in cases] == [
         (True, 1),

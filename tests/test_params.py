@@ -60,3 +60,20 @@ def test_bound_module_loads_and_accumulates_gradients_in_flat_storage():
     net(torch.randn(8, 5)).sum().backward()
     assert not torch.equal(first, bound.grads), "second backward accumulates into the flat grads"
     assert bound.read_buffers().abs().sum() > 0
+
+
+def test_fresh_gradients_are_the_layers_own_and_carried_into_the_flat_vector():
+    """After `fresh_grads` a backward pass stores each layer's gradient separately (the flat
+    vector is not touched); asking for `grads` copies them in and links the views again."""
+    net = _net()
+    bound = BoundModule(net)
+    flat = bound.grads
+    bound.fresh_grads()
+    batch = torch.randn(8, 5)
+    net(batch).sum().backward()
+    layers = bound.layer_grads()
+    assert all(grad.untyped_storage().data_ptr() != flat.data_ptr() for grad in layers)
+    expected = torch.cat([grad.reshape(-1) for grad in layers])
+    assert torch.equal(bound.grads, expected) and bound.grads.data_ptr() == flat.data_ptr()
+    net(batch).sum().backward()
+    assert torch.equal(bound.grads, 2 * expected), "linked again: the next backward accumulates"
