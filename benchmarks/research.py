@@ -106,6 +106,7 @@ COMMON = (
     "evaluation.test_examples=2000",
     "evaluation.federated_clients=0",
     "output.progress=off",
+    "simulation.workers=0",  # in-process: ComputeMeter wraps this process's trainer
 )
 
 

@@ -95,9 +95,25 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def presets_rows(result: dict[str, Any]) -> list[Row]:
+    """Each preset's wall time beside the CPU hog against one quiet pinned thread."""
+    target = result["target_ratio"]
+    return [
+        [
+            "presets",
+            f"{name}: beside hog / 1 quiet thread",
+            f"{case['ratio']:.2f}x",
+            f"<= {target}x",
+            verdict(case["ratio"] <= target and case["same_model"]),
+        ]
+        for name, case in result["cases"].items()
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "aggregation": aggregation_rows,
     "simulation_overhead": simulation_rows,
+    "presets": presets_rows,
     "memory": memory_rows,
 }
 

@@ -1,7 +1,8 @@
 """Runtime overhead of the simulation: time to the first round, and seconds per round.
 
 1,000 clients, 100 per round, one local SGD step each of a ~100k-parameter MLP on synthetic
-data, no evaluation and no run directory. Each of `RUNS` measurements is a fresh process
+data, no evaluation and no run directory, clients played in-process (no worker pool: what is
+measured is the runtime's own cost). Each of `RUNS` measurements is a fresh process
 (`--child`) that composes the config, builds the experiment and runs `Simulation` with a
 listener on its coordinator and `LocalTrainer.run` wrapped in a timer. The baseline is the same
 local steps (one LocalTrainer, one task per cohort member) in a plain loop, run once after each
@@ -86,6 +87,7 @@ def overrides(shape: Shape) -> list[str]:
         f"evaluation.every={shape.rounds}",
         "evaluation.federated_clients=0",
         "output.progress=off",
+        "simulation.workers=0",
     ]
 
 

@@ -102,14 +102,21 @@ class EvaluationConfig:
 
 @dataclass
 class SimulationConfig:
-    """Execution of virtual clients: in-process (workers 0) or a spawn pool; a time budget."""
+    """Execution of virtual clients: in-process (workers 0) or a pool of worker processes
+    ("auto": one per usable core, `server/simulation.py`); a time budget. The worker count
+    never changes a result: tasks are computed from their own seeds and received in order."""
 
-    workers: int = 0
+    workers: int | Literal["auto"] = "auto"
     max_time: float = 0.0
     hash_models: bool = False
 
     def __post_init__(self) -> None:
-        require(self.workers >= 0, "workers", "must be >= 0", self.workers)
+        require(
+            isinstance(self.workers, str) or self.workers >= 0,
+            "workers",
+            'must be >= 0 or "auto"',
+            self.workers,
+        )
         require(self.max_time >= 0, "max_time", "must be >= 0 (0: unlimited)", self.max_time)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import torch
 import yaml
 
 from fedcore.certs import CA_KEY, CLIENTS_DIR, enrolled_clients, server_dir
@@ -306,7 +305,6 @@ def deploy(
     """Run `fedcore server` for the experiment `config_data` describes, resuming from the run
     directory's checkpoints when it has some; return the summary."""
     experiment_config, _ = parse_experiment(config_data)
-    torch.set_num_threads(experiment_config.threads)
     config = experiment_config.deployment
     cert_dir = Path(config.certs)
     if (cert_dir / CA_KEY).exists() or any(cert_dir.glob(f"{CLIENTS_DIR}/*.key")):

@@ -64,26 +64,31 @@ class Experiment:
         return GlobalModel(params, buffers, 0)
 
 
-def meta_layout(builder: Callable[[], nn.Module], sample: torch.Tensor, name: str) -> ModelLayout:
-    """The model's layout, after building it and running `sample` (a batch of one example)
-    through it on the meta device (no memory, no compute): a model that does not fit the data
-    is a ConfigError."""
+def checked_layout(
+    builder: Callable[[], nn.Module], sample: torch.Tensor, name: str
+) -> ModelLayout:
+    """The model's layout, after building it and running `sample` (a batch of one zero example)
+    through it: a model that does not fit the data is a ConfigError. It runs on the CPU, not
+    the meta device, whose first use imports a second of torch's Python decompositions."""
     try:
-        with torch.device("meta"):
-            module = builder()
-            module(torch.empty_like(sample, device="meta"))
-    except (ValueError, RuntimeError, TypeError) as error:
+        module = builder()
+        with torch.no_grad():
+            module(torch.zeros_like(sample))
+    except (ValueError, RuntimeError, TypeError, IndexError) as error:
         raise ConfigError(f"model.name: {name} cannot run on this dataset: {error}") from None
     return ModelLayout.of(module)
 
 
 def make_experiment(data: dict[str, Any]) -> Experiment:
-    """Build an experiment from a composed config dict (validates first, loads data second)."""
+    """Build an experiment from a composed config dict (validates first, loads data second).
+    This process's torch threads are set to the config's before any tensor work, so that a
+    process forked later for simulated clients inherits no thread pool."""
     config, strategy_options = parse_experiment(data)
+    torch.set_num_threads(config.threads)
     federation = make_federation(config)
     builder = model_builder(config, federation.dataset)
     sample = federation.dataset.train.x[:1]
-    layout = meta_layout(builder, sample, config.model.name)
+    layout = checked_layout(builder, sample, config.model.name)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
     return Experiment(config, federation, builder, layout, strategy)

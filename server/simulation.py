@@ -5,16 +5,22 @@ the client's device profile (seconds-per-step as of dispatch, after any schedule
 arrives after uploading the bytes its payload really has; the download charges the bytes really
 sent (nothing for a version the client already holds, a masked sub-model's mask and values). A
 client in a scheduled outage becomes idle only when it ends. Local work really runs, in-process
-when its work-done event is reached or ahead of time in a `spawn` worker pool. Federated
-evaluation tasks run at once, beside training: they charge neither time nor bytes, so turning
-evaluation up or down never changes a run's training. Clients exist only
-as ids until they train, so memory follows the clients in flight.
+when its work-done event is reached or ahead of time in a pool of worker processes (`fork`ed
+from this one when it runs torch on one thread, so they share its loaded data; `spawn`ed
+otherwise). Federated evaluation tasks run beside training, in the pool too: they charge
+neither time nor bytes, and their replies reach the coordinator in the order they were sent,
+at the end of the event that sent them, so turning evaluation up or down never changes a run's
+training and the worker count never changes a result. Clients exist only as ids until they
+train, so memory follows the clients in flight.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
+import sys
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,8 +33,9 @@ import torch
 
 from fedcore.clients.techniques import technique_type
 from fedcore.clients.trainer import LocalTrainer
+from fedcore.config import ExperimentConfig
 from fedcore.data.split import Split
-from fedcore.federation import make_federation, model_builder
+from fedcore.federation import Federation, make_federation, model_builder
 from fedcore.profiles import ProfileSampler
 from fedcore.records import MASK, Task, Update
 from fedcore.server.coordinator import Coordinator, FederatedEvaluation, Publication
@@ -41,6 +48,7 @@ from fedcore.server.experiment import (
 from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
+from fedcore.typed_config import ConfigError
 
 
 class EventKind(IntEnum):
@@ -98,7 +106,6 @@ class Simulation:
     ) -> None:
         self.experiment = experiment
         config = experiment.config
-        torch.set_num_threads(config.threads)
         self.federation = experiment.federation
         self.profiles = ProfileSampler(config.client_profiles, config.seed)
         self.trainer = LocalTrainer(experiment.build_model)
@@ -126,14 +133,10 @@ class Simulation:
         self._events: list[Event] = []
         self._seq = itertools.count()
         self._in_flight: dict[int, InFlight] = {}
-        self._pool: ProcessPoolExecutor | None = None
-        if config.simulation.workers:
-            self._pool = ProcessPoolExecutor(
-                config.simulation.workers,
-                mp_context=get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(config_data,),
-            )
+        #: Evaluation replies not yet given to the coordinator, in the order they were sent.
+        self._evaluations: deque[Future[Update] | Callable[[], Update]] = deque()
+        self.workers = pool_workers(config, experiment.strategy.keeps_client_state)
+        self._pool = self._start_pool(config_data) if self.workers else None
         self.bytes_down = 0
         self.bytes_up = 0
         #: The model version each client last received in full (it need not get it again).
@@ -149,8 +152,7 @@ class Simulation:
         profile; an evaluation runs at once."""
         client = task.client_id
         if technique_type(task.technique).data == "holdout":
-            update = self.trainer.run(task, *self._model_for(task, model), self._data(task))
-            self.coordinator.receive_evaluation(update)
+            self._evaluations.append(self._compute(task, model))
             return
         sent = self._download_bytes(task, model)
         self.bytes_down += sent
@@ -165,7 +167,7 @@ class Simulation:
         flight = InFlight(task, model)
         if self._pool is not None:
             params, buffers = self._model_for(task, model)
-            flight.result = self._pool.submit(_train_in_worker, task, params, buffers)
+            flight.result = self._pool.submit(_run_in_worker, task, params, buffers)
         self._in_flight[client] = flight
         self._push(self._clock + download + compute, EventKind.WORKED, client)
 
@@ -190,12 +192,39 @@ class Simulation:
             return model.params * task.extras[MASK], model.buffers
         return model.params, model.buffers
 
-    def _data(self, task: Task) -> Split:
-        """The client data the task's technique works on."""
-        client = task.client_id
-        if technique_type(task.technique).data == "holdout":
-            return self.federation.holdout_split(client)
-        return self.federation.train_split(client)
+    def _compute(self, task: Task, model: GlobalModel) -> Future[Update] | Callable[[], Update]:
+        """An evaluation's reply: computing in the pool, or to compute here when it is due."""
+        params, buffers = self._model_for(task, model)
+        if self._pool is not None:
+            return self._pool.submit(_run_in_worker, task, params, buffers)
+        return lambda: self.trainer.run(task, params, buffers, task_data(self.federation, task))
+
+    def _deliver_evaluations(self) -> None:
+        """Give the coordinator every evaluation reply sent so far, in the order sent."""
+        while self._evaluations:
+            reply = self._evaluations.popleft()
+            self.coordinator.receive_evaluation(
+                reply.result() if isinstance(reply, Future) else reply()
+            )
+
+    def _start_pool(self, config_data: dict[str, Any]) -> ProcessPoolExecutor:
+        """The worker pool, its processes started now: forked (sharing this process's loaded
+        data) before this process runs any other thread, when torch runs on one thread here, so
+        no thread pool is inherited half-made; spawned, each loading the data, otherwise."""
+        if self.experiment.config.threads == 1 and sys.platform == "linux":
+            _WORKER.update(
+                federation=self.federation, trainer=LocalTrainer(self.experiment.build_model)
+            )
+            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+            pool.submit(int).result()
+            _WORKER.clear()
+            return pool
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(config_data,),
+        )
 
     def schedule(self, at: float, key: str) -> None:
         """A timer event at virtual time `at`."""
@@ -211,6 +240,7 @@ class Simulation:
         for index, at in enumerate(self.profiles.outage_starts()):
             self._push(at, EventKind.OUTAGE, key=str(index))
         coordinator.start()
+        self._deliver_evaluations()
         max_time = self.experiment.config.simulation.max_time
         reason = "all clients gone: no client can be scheduled and none is training"
         try:
@@ -221,6 +251,7 @@ class Simulation:
                     break
                 self._clock = event.time
                 self._handle(event)
+                self._deliver_evaluations()
             if coordinator.finished:
                 reason = f"reached {self.experiment.config.rounds} model versions"
         finally:
@@ -282,7 +313,9 @@ class Simulation:
         if flight.result is not None:
             return flight.result.result()
         task = flight.task
-        return self.trainer.run(task, *self._model_for(task, flight.model), self._data(task))
+        return self.trainer.run(
+            task, *self._model_for(task, flight.model), task_data(self.federation, task)
+        )
 
     def _back_after(self, client: int, task_seed: int, rejoin: bool = False) -> float:
         """When a client that just finished (or lost) a task is available again."""
@@ -301,12 +334,38 @@ class Simulation:
         heapq.heappush(self._events, Event(at, kind, next(self._seq), client, key))
 
 
+def pool_workers(config: ExperimentConfig, keeps_client_state: bool) -> int:
+    """Worker processes for simulated clients: `simulation.workers`, or with "auto" one per
+    usable core when there are two or more (this process then mostly waits on them, so the
+    run does not oversubscribe the cores). None when the strategy's clients keep state between
+    tasks: one process must play them all."""
+    workers = config.simulation.workers
+    if keeps_client_state:
+        if workers not in ("auto", 0):
+            raise ConfigError(
+                f"simulation.workers: must be 0 or auto with strategy {config.strategy['name']}, "
+                f"whose clients keep state between tasks, got {workers}"
+            )
+        return 0
+    if workers == "auto":
+        cores = len(os.sched_getaffinity(0))
+        return cores if cores >= 2 else 0
+    return int(workers)
+
+
+def task_data(federation: Federation, task: Task) -> Split:
+    """The client data the task's technique works on."""
+    if technique_type(task.technique).data == "holdout":
+        return federation.holdout_split(task.client_id)
+    return federation.train_split(task.client_id)
+
+
 _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(config_data: dict[str, Any]) -> None:
-    """Per worker process: load the federation and one trainer (single-threaded torch); the
-    config's plug-ins are imported by `parse_experiment`."""
+    """Per spawned worker process: load the federation and one trainer; the config's plug-ins
+    are imported by `parse_experiment`."""
     config, _ = parse_experiment(config_data)
     torch.set_num_threads(config.threads)
     federation = make_federation(config)
@@ -314,11 +373,10 @@ def _init_worker(config_data: dict[str, Any]) -> None:
     _WORKER["trainer"] = LocalTrainer(model_builder(config, federation.dataset))
 
 
-def _train_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) -> Update:
-    """Train one task in a worker process."""
-    data = _WORKER["federation"].train_split(task.client_id)
+def _run_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) -> Update:
+    """Run one task (training or evaluation) in a worker process."""
     trainer: LocalTrainer = _WORKER["trainer"]
-    return trainer.run(task, params, buffers, data)
+    return trainer.run(task, params, buffers, task_data(_WORKER["federation"], task))
 
 
 def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, Any]:
@@ -337,5 +395,9 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
     with report:
         result = simulation.run(report.record)
     return report.finish(
-        result.final, ledger, stop_reason=result.stop_reason, virtual_seconds=result.virtual_seconds
+        result.final,
+        ledger,
+        stop_reason=result.stop_reason,
+        virtual_seconds=result.virtual_seconds,
+        workers=simulation.workers,
     )

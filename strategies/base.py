@@ -151,6 +151,12 @@ class Strategy(ABC):
     #: Payload kinds this strategy can aggregate (`fedcore/payloads.py`).
     payloads: tuple[str, ...] = ("dense", "sparse")
 
+    @property
+    def keeps_client_state(self) -> bool:
+        """Its tasks rely on state a client keeps between tasks, so a simulation must play every
+        client in one process (no worker pool)."""
+        return False
+
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self._ctx: StrategyContext | None = None

@@ -16,7 +16,8 @@ Gradient store (`gradient_store`), with P parameters and N clients:
   `clients/techniques/fedamd.py`) and uploads g_new - g_old; the server keeps only S and
   the model version each contributor's counted gradient came from (8 P bytes + O(N) integers).
   A deployed client keeps its store across restarts only with `fedcore client --state FILE`; a
-  simulation needs `simulation.workers: 0` (one process plays every client).
+  simulation plays every client in one process (`simulation.workers: auto` takes no worker
+  pool; a worker count is a ConfigError).
 
 v^t is the mean over the clients with a stored gradient. Before any is stored (the first round,
 or always with `anchor_probability` 0) miners get no direction and run plain local SGD, because
@@ -99,6 +100,11 @@ class FedAMD(FedAvg):
         self.init_waiting: set[int] = set()
         self._init_order = ClientOrder(lambda arrival: self.ctx.keep(arrival))
         self._direction: tuple[int, torch.Tensor | None] = (-1, None)
+
+    @property
+    def keeps_client_state(self) -> bool:
+        """The client-kept gradient store lives in the client between anchor tasks."""
+        return self.config.gradient_store == "client"
 
     # -- events: the optional initial all-client anchor phase, then synchronous rounds ---------
     def on_start(self) -> None:

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_KEYS = {
     "aggregation": {"cpu", "cuda", "target_ratio", "repeats"},
     "simulation_overhead": {"best", "runs", "targets", "model_params", "overrides"},
+    "presets": {"cases", "target_ratio"},
     "memory": {
         "cases",
         "per_client_bytes",
@@ -51,6 +52,10 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
         for row in result["cpu"] + hogged["cases"]:
             assert set(row["gbps"]) == {"copy", "streaming", "batch", "receive"}
             assert row["max_abs_difference"] < 1e-4
+    elif name == "presets":
+        (heart,) = result["cases"].values()
+        assert heart["same_model"] and heart["busy_processes"] >= 1
+        assert heart["one_thread_quiet"]["runs"][0]["workers"] == 0
     elif name == "simulation_overhead":
         assert 90_000 <= result["model_params"] <= 110_000
         assert result["best"]["round_mean_s"] > result["best"]["training_mean_s"] > 0

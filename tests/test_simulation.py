@@ -1,14 +1,17 @@
 """The simulation runtime end to end: FedAvg against an independent computation, determinism,
 lazy clients, dropouts and worker pools."""
 
+import os
+
 import pytest
 import torch
 
 from fedcore.clients.trainer import LocalTrainer
 from fedcore.records import Task
-from fedcore.server.experiment import make_experiment
+from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.server.ledger import read_ledger
-from fedcore.server.simulation import EventKind, Simulation, simulate
+from fedcore.server.simulation import EventKind, Simulation, pool_workers, simulate
+from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
 from tests.harness import record_sends
 
@@ -101,11 +104,34 @@ def test_dropouts_are_recorded_and_rounds_complete_at_their_deadline(tmp_path):
     assert summary["ledger"]["accepted"] < 20
 
 
-def test_spawn_worker_pool_matches_in_process_training():
-    config = composed(*FAST, "simulation.workers=2", "rounds=2")
-    pooled = simulate(config, None)
-    in_process = simulate(composed(*FAST, "rounds=2"), None)
-    assert abs(pooled["final"]["test_loss"] - in_process["final"]["test_loss"]) < 1e-4
+@pytest.mark.parametrize("threads", [1, 2])
+def test_worker_pools_end_on_the_in_process_model_and_metrics_bit_for_bit(threads):
+    """threads=1 forks the pool (it shares the loaded data); threads=2 spawns it (each worker
+    loads the data). Federated evaluation (FAST asks 5 clients) runs in the pool too."""
+    base = (*FAST, "rounds=2", f"threads={threads}")
+    pooled = simulate(composed(*base, "simulation.workers=2"), None)
+    in_process = simulate(composed(*base, "simulation.workers=0"), None)
+    assert (pooled["workers"], in_process["workers"]) == (2, 0)
+    assert pooled["model_sha256"] == in_process["model_sha256"]
+    assert "fed_accuracy" in pooled["final"]
+    assert pooled["final"] == in_process["final"]
+
+
+def test_auto_workers_take_one_per_usable_core_and_none_when_clients_keep_state(monkeypatch):
+    config, _ = parse_experiment(composed(*FAST))
+    assert config.simulation.workers == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert pool_workers(config, keeps_client_state=False) == 3
+    assert pool_workers(config, keeps_client_state=True) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert pool_workers(config, keeps_client_state=False) == 0
+    client_store = ("strategy=fedamd", "strategy.gradient_store=client")
+    assert make_experiment(composed(*FAST, *client_store)).strategy.keeps_client_state
+    explicit = composed(*FAST, *client_store, "simulation.workers=2")
+    with pytest.raises(ConfigError, match=r"simulation\.workers: must be 0 or auto with strategy"):
+        Simulation(make_experiment(explicit), explicit)
+    with pytest.raises(ConfigError, match=r"simulation\.workers: must be >= 0 or \"auto\""):
+        parse_experiment(composed(*FAST, "simulation.workers=-1"))
 
 
 def _upload_seconds(*overrides: str) -> tuple[float, int]:
@@ -159,3 +185,4 @@ def test_a_client_holding_the_version_is_not_sent_it_again():
     expected = (layout.params.numel + 7) // 8 + 100 * 4 + layout.buffers.nbytes
     assert simulation._download_bytes(masked, model) == expected
     assert simulation.held.get(4) is None, "a masked sub-model is not the whole version"
+    simulation.close()
