@@ -226,13 +226,18 @@ class Coordinator:
 
     def _kept(self, vector: torch.Tensor, spool_dir: Path) -> torch.Tensor:
         nbytes = vector.numel() * vector.element_size()
-        if nbytes < KEEP_SPOOL_BYTES:
-            return vector
+        if nbytes < KEEP_SPOOL_BYTES or vector.untyped_storage().filename is not None:
+            return vector  # small, or received into the spool already
         if self._kept_in_memory + nbytes > self.keep_in_memory_bytes:
             return spooled(vector, spool_dir, KEEP_SPOOL_BYTES)
         self._kept_in_memory += nbytes
         weakref.finalize(vector, self._freed, nbytes)
         return vector
+
+    @property
+    def kept_in_memory_bytes(self) -> int:
+        """Bytes of held arrivals' large vectors `keep` left in memory, until they are freed."""
+        return self._kept_in_memory
 
     def _freed(self, nbytes: int) -> None:
         self._kept_in_memory -= nbytes

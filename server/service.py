@@ -19,6 +19,7 @@ import grpc.aio
 
 from fedcore.bounded import capped
 from fedcore.certs import peer_client_id
+from fedcore.memory import release_file_pages
 from fedcore.messages import (
     HELD,
     download_frames,
@@ -308,8 +309,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     @contextlib.contextmanager
     def _upload_memory(self) -> Iterator[bool]:
         """Whether this upload may be received in memory (one of `memory_uploads` places), held
-        until its update has been delivered."""
-        in_memory = self._in_memory < self.memory_uploads
+        until its update has been delivered. Held arrivals the coordinator keeps in memory fill
+        places too, so concurrent uploads never hold more than `memory_uploads` models."""
+        layout = self.coordinator.layout
+        model_bytes = max(1, layout.params.nbytes + layout.buffers.nbytes)
+        held = -(-self.coordinator.kept_in_memory_bytes // model_bytes)
+        in_memory = self._in_memory + held < self.memory_uploads
         self._in_memory += in_memory
         try:
             yield in_memory
@@ -358,6 +363,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         else:
             reason = self.coordinator.receive(update, then_idle=bool(slot.session))
             self._return(slot)
+        for vector in vectors.values():
+            release_file_pages(vector)
         return pb.UploadReply(accepted=reason is None, reason=reason or "")
 
     @contextlib.contextmanager

@@ -149,7 +149,7 @@ class Simulation:
 
     def send(self, task: Task, model: GlobalModel) -> None:
         """Schedule the task's work-done event (or its client's dropout) from the device
-        profile; an evaluation runs at once."""
+        profile; an evaluation starts at once, its reply delivered at the end of this event."""
         client = task.client_id
         if technique_type(task.technique).data == "holdout":
             self._evaluations.append(self._compute(task, model))

@@ -21,6 +21,7 @@ from torch import nn
 
 from fedcore.data.split import Split
 from fedcore.kernels import StreamingAccumulator
+from fedcore.memory import release_file_pages
 from fedcore.params import ModelLayout
 from fedcore.payloads import DenseDelta, SparseDelta
 from fedcore.records import Task, Update
@@ -89,7 +90,9 @@ class Arrival:
                 payload.positions(self.base.params.numel()), payload.values, weight, self.scale
             )
         else:
-            accumulator.add(self._dense(), weight, self.scale)
+            dense = self._dense()
+            accumulator.add(dense, weight, self.scale)
+            release_file_pages(dense)
 
     def _dense(self) -> torch.Tensor:
         payload = self.update.payload
