@@ -35,13 +35,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from benchmarks.common import (
-    composed_config,
     environment,
     make_parser,
     print_table,
     verdict,
     write_result,
 )
+from fedcore.api import compose
 from fedcore.records import Task
 from fedcore.server.coordinator import Publication
 from fedcore.server.evaluation import Evaluator, Scorer
@@ -116,7 +116,7 @@ def overrides(method: str, seed: int, setting: Setting) -> list[str]:
 
 def run_one(method: str, seed: int, setting: Setting) -> dict[str, Any]:
     """Simulate one (method, seed); return its accuracy curve and counters."""
-    config = composed_config(*overrides(method, seed, setting))
+    config = compose(*overrides(method, seed, setting))
     experiment = make_experiment(config)
     simulation = Simulation(experiment, config)
     evaluator = Evaluator(

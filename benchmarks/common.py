@@ -18,8 +18,6 @@ from typing import Any
 
 import psutil
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -53,17 +51,6 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         help="folder for the JSON result (default: benchmarks/results)",
     )
     return parser
-
-
-def composed_config(*overrides: str) -> dict[str, Any]:
-    """The experiment config `fedcore sim` would see for these Hydra overrides."""
-    with initialize_config_module(config_module="fedcore.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    data = OmegaConf.to_container(cfg, resolve=True)
-    if not isinstance(data, dict):
-        raise TypeError(f"composed config is a {type(data).__name__}, not a mapping")
-    data.pop("hydra", None)
-    return {str(key): value for key, value in data.items()}
 
 
 def no_sync() -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from benchmarks.common import (
     FAST_OVERRIDES,
-    composed_config,
     environment,
     make_parser,
     print_table,
     verdict,
     write_result,
 )
+from fedcore.api import compose
 from fedcore.server.simulation import simulate
 
 COMPASS = ["strategy=fedcompass", "strategy.min_local_steps=2"]
@@ -61,7 +61,7 @@ def main() -> None:
     names = QUICK if args.quick else tuple(CASES)
     sha256, rows = {}, []
     for name in names:
-        summary = simulate(composed_config(*FAST_OVERRIDES, *CASES[name]), None)
+        summary = simulate(compose(*FAST_OVERRIDES, *CASES[name]), None)
         sha256[name] = summary["model_sha256"]
         compared = (
             "" if name not in earlier else "SAME" if earlier[name] == sha256[name] else "DIFF"

@@ -24,7 +24,6 @@ import psutil
 from benchmarks.common import (
     GB,
     MIB,
-    composed_config,
     environment,
     make_parser,
     print_table,
@@ -32,6 +31,7 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from fedcore.api import compose
 from fedcore.memory import peak_rss_bytes
 from fedcore.server.experiment import make_experiment
 from fedcore.server.simulation import Simulation
@@ -87,7 +87,7 @@ def child(shape: Shape, clients: int) -> dict[str, Any]:
     process = psutil.Process()
     after_imports = process.memory_info().rss
     started = time.perf_counter()
-    config = composed_config(*overrides(shape, clients))
+    config = compose(*overrides(shape, clients))
     experiment = make_experiment(config)
     after_setup = process.memory_info().rss
     result = Simulation(experiment, config).run()

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    composed_config,
     environment,
     make_parser,
     print_table,
     verdict,
     write_result,
 )
+from fedcore.api import compose
 from fedcore.clients.trainer import LocalTrainer
 from fedcore.payloads import DenseDelta
 from fedcore.records import Update
@@ -93,7 +93,7 @@ def accuracy(config: dict[str, Any], attack: str | None, defended: bool) -> floa
         final = simulation.run().final
     finally:
         LocalTrainer.run = honest  # type: ignore[method-assign]
-    evaluator = RunReport(experiment, config, None, lambda: (0, 0)).evaluator
+    evaluator = RunReport(experiment, config, None, dict).evaluator
     return evaluator(final)["test_accuracy"]
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser = make_parser(__doc__ or "")
     args = parser.parse_args()
     overrides = [*OVERRIDES, "rounds=4"] if args.quick else OVERRIDES
-    config = composed_config(*overrides)
+    config = compose(*overrides)
     honest = accuracy(config, None, defended=True)
     results: dict[str, dict[str, float]] = {}
     rows = [("none (honest)", f"{honest:.4f}", "", "")]

@@ -38,7 +38,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from benchmarks.common import composed_config, environment, make_parser, print_table, write_result
+from benchmarks.common import environment, make_parser, print_table, write_result
+from fedcore.api import compose
 from fedcore.data.split import Split
 from fedcore.records import Task, Update
 from fedcore.server.coordinator import Publication
@@ -147,7 +148,7 @@ class ComputeMeter:
 
 def run_one(overrides: Sequence[str]) -> dict[str, Any]:
     """One simulated run: test accuracy of every version and cumulative compute per version."""
-    config = composed_config(*overrides)
+    config = compose(*overrides)
     experiment = make_experiment(config)
     simulation = Simulation(experiment, config)
     meter = ComputeMeter(simulation.trainer.run)
@@ -156,7 +157,7 @@ def run_one(overrides: Sequence[str]) -> dict[str, Any]:
         experiment,
         config,
         None,
-        lambda: (simulation.bytes_down, simulation.bytes_up),
+        lambda: {"bytes_down": simulation.bytes_down, "bytes_up": simulation.bytes_up},
     )
     passes: list[float] = []
 

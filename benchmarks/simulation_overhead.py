@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from benchmarks.common import (
-    composed_config,
     cpu_hog,
     environment,
     make_parser,
@@ -40,6 +39,7 @@ from benchmarks.common import (
     verdict,
     write_result,
 )
+from fedcore.api import compose
 from fedcore.clients.trainer import LocalTrainer
 from fedcore.records import Update
 from fedcore.server.coordinator import Publication
@@ -137,7 +137,7 @@ def child(shape: Shape) -> dict[str, Any]:
     of the plain loop after each round (outside the round's time), so that the two are
     measured in the same stretches of machine load."""
     started = time.perf_counter()
-    config = composed_config(*overrides(shape))
+    config = compose(*overrides(shape))
     composed = time.perf_counter()
     experiment = make_experiment(config)
     built = time.perf_counter()

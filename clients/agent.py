@@ -42,7 +42,9 @@ from fedcore.state_files import StateFileError, load_state, save_state
 from fedcore.wire import VectorAssembler, vector_frames
 
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-TLS_FAILURE_WORDS = ("handshake", "ssl", "certificate", "tls")
+TLS_FAILURE_WORDS = ("handshake", "ssl", "certificate", "tls", "verification")
+#: Characters of gRPC's explanation a retry line quotes.
+CAUSE_CHARS = 160
 
 
 class ClientFatal(RuntimeError):
@@ -59,6 +61,8 @@ class ClientSettings:
     server_name: str = ""
     max_backoff: float = 30.0
     poll_seconds: float = 10.0
+    #: Seconds of failing to reach the server after which the client gives up (0: never).
+    give_up: float = 600.0
 
 
 #: What stands for a held model a download replaces (it is never read).
@@ -135,28 +139,38 @@ class ClientAgent:
 
     def run(self) -> int:
         """Work until DONE; return the number of updates the server accepted."""
+        settings = self.settings
         backoff = 1.0
+        failing_since: float | None = None
         while True:
-            channel = channel_for(self.settings)
+            channel = channel_for(settings)
             try:
                 stub = coordinator_stub(channel)
                 self._join(stub)
-                backoff = 1.0
+                backoff, failing_since = 1.0, None
                 self._work(stub)
                 return self.accepted
             except grpc.RpcError as error:
                 self._raise_if_fatal(error)
                 if self.server_done.is_set():
                     print(
-                        f"fedcore client {self.settings.client_id}: the server finished training "
+                        f"fedcore client {settings.client_id}: the server finished training "
                         "while this client was working; its last update is not needed",
                         flush=True,
                     )
                     return self.accepted
-                delay = min(self.settings.max_backoff, backoff) * random.uniform(0.5, 1.0)
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                cause = _cause(error)
+                if settings.give_up and now - failing_since >= settings.give_up:
+                    raise ClientFatal(
+                        f"gave up: the server at {settings.address} was unreachable for "
+                        f"{now - failing_since:.0f} s ({cause}); --give-up sets how long to try"
+                    ) from None
+                delay = min(settings.max_backoff, backoff) * random.uniform(0.5, 1.0)
                 print(
-                    f"fedcore client {self.settings.client_id}: server unavailable "
-                    f"({error.code().name}); retrying in {delay:.1f} s",
+                    f"fedcore client {settings.client_id}: server {settings.address} "
+                    f"unavailable ({cause}); retrying in {delay:.1f} s",
                     flush=True,
                 )
                 time.sleep(delay)
@@ -171,10 +185,19 @@ class ClientAgent:
         details = (error.details() or "").lower()
         if error.code() in FATAL_CODES:
             raise ClientFatal(f"refused by the server: {error.details()}") from None
-        if not self.connected_once and any(word in details for word in TLS_FAILURE_WORDS):
+        if self.connected_once or not any(word in details for word in TLS_FAILURE_WORDS):
+            return
+        settings = self.settings
+        if "hostname" in details:
+            expected = settings.server_name or settings.address.rpartition(":")[0]
             raise ClientFatal(
-                f"TLS failure (certificate or server name): {error.details()}"
+                f"TLS failure at {settings.address}: the server's certificate is not for "
+                f"{expected!r}; pass the name it was made for (fedcore certs init "
+                "--server-name) as --server-name"
             ) from None
+        raise ClientFatal(
+            f"TLS failure at {settings.address} (certificate or server name): {_cause(error)}"
+        ) from None
 
     def measure_profile(self) -> pb.DeviceProfile:
         """The device profile, calibrated once (at the first join) on the configured model and
@@ -275,21 +298,16 @@ class ClientAgent:
                 return
             if reply.status == pb.TaskReply.WAIT:
                 continue
+            started = time.monotonic()
             task, params, buffers = self._download(stub, reply)
             update = self._train(task, params, buffers, self._data(task))
             self._save_state()
             result = stub.UploadUpdate(self._upload(reply.task_id, update), timeout=600)
-            evaluation = update.payload is None
-            if evaluation:
+            if update.payload is None:
                 self.evaluations += int(result.accepted)
             else:
                 self.accepted += int(result.accepted)
-            if not result.accepted:
-                what = "evaluation" if evaluation else "update"
-                print(
-                    f"fedcore client {self.settings.client_id}: {what} refused: {result.reason}",
-                    flush=True,
-                )
+            print(task_line(self.settings.client_id, task, update, result, started), flush=True)
 
     def _save_state(self) -> None:
         """Keep the techniques' state on disk before the update leaves, so a client that
@@ -331,6 +349,32 @@ class ClientAgent:
         )
         for parts in vector_frames(update_vectors(update), self.config.deployment.chunk_bytes):
             yield frame_message(UPLOAD_FRAME_FIELD, parts)
+
+
+def task_line(
+    client_id: str, task: Task, update: Update, result: pb.UploadReply, started: float
+) -> str:
+    """The line a client prints per task: what it did, how long it took, what it sent, and
+    whether the server counted it."""
+    metrics = update.metrics
+    if update.payload is None:
+        accuracy = metrics.get("eval_accuracy", float("nan"))
+        what = f"evaluated version {task.version} (accuracy {accuracy:.4f})"
+    else:
+        loss = metrics.get("train_loss", float("nan"))
+        what = f"trained from version {task.version}: {update.local_steps} steps, loss {loss:.4g}"
+    verdict = "accepted" if result.accepted else f"refused: {result.reason}"
+    return (
+        f"fedcore client {client_id}: {what}; {time.monotonic() - started:.1f} s, "
+        f"{update.nbytes / 1e3:,.0f} kB up; {verdict}"
+    )
+
+
+def _cause(error: grpc.RpcError) -> str:
+    """gRPC's reason for a failed call, without its preamble (`failed to connect to all
+    addresses; last error: UNKNOWN: ipv4:...: Connection refused` says `Connection refused`)."""
+    details = (error.details() or error.code().name).strip().rstrip("]")
+    return details.rpartition(": ")[2][:CAUSE_CHARS] or error.code().name
 
 
 def local_splits(data: Split, config: ExperimentConfig) -> tuple[Split, Split]:

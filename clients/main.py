@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "client-kept anchor gradients); read at start when it exists, rewritten after each task",
     )
     parser.add_argument(
+        "--give-up",
+        type=_seconds,
+        default=600.0,
+        help="seconds of failing to reach the server after which to exit with an error "
+        "(0: keep trying)",
+    )
+    parser.add_argument(
         "--slow",
         type=_seconds,
         default=0.0,
@@ -98,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
         load_plugins(config.plugins)
         device = client_device(args.device, config.client_devices)
         device.apply(config.threads)
-        settings = ClientSettings(args.server, args.id, args.certs, args.server_name)
+        settings = ClientSettings(
+            args.server, args.id, args.certs, args.server_name, give_up=args.give_up
+        )
         agent = ClientAgent(
             settings, config, step_delay=args.slow, device=device, data=args.data, state=args.state
         )

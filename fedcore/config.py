@@ -22,7 +22,9 @@ from fedcore.typed_config import require
 class DatasetConfig:
     """Which dataset, with loader options (e.g. Shakespeare's min_chars)."""
 
+    #: Dataset name (`conf/dataset/`, docs/datasets.md).
     name: str = "mnist"
+    #: Loader options, e.g. Shakespeare's `min_chars` and `max_clients`.
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -30,10 +32,16 @@ class DatasetConfig:
 class PartitionConfig:
     """How training examples are split among clients, and each client's evaluation hold-out."""
 
+    #: How training examples are split: iid, dirichlet (label skew), shards (McMahan), natural (the
+    #: dataset's own clients).
     scheme: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
+    #: Dirichlet concentration: smaller means more label skew.
     alpha: float = 0.5
+    #: Label-sorted shards each client gets (scheme shards).
     shards_per_client: int = 2
+    #: Fewest training examples a client may get (the partition is redrawn until all have it).
     min_size: int = 10
+    #: Share of each client's examples kept back for federated evaluation.
     holdout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -55,7 +63,9 @@ class ServerDataConfig:
     Never taken from the test set.
     """
 
+    #: Training examples of each class the server keeps (removed before partitioning; 0: none).
     examples_per_class: int = 0
+    #: An .npz with arrays x and y for the server instead.
     path: str | None = None
 
     def __post_init__(self) -> None:
@@ -78,16 +88,24 @@ class ServerDataConfig:
 class ModelConfig:
     """Which model (`auto` picks the dataset's default), with its options."""
 
+    #: Model (`conf/model/`); auto picks the dataset's default.
     name: str = "auto"
+    #: Model options, e.g. an MLP's `hidden` sizes.
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class EvaluationConfig:
-    """When and on what the global model is evaluated."""
+    """When and on what the global model is evaluated: every `every` versions, centrally on
+    at most `test_examples` of the test set (a fixed, seeded sample of a larger one, so that
+    evaluating never costs more than the round it reports on), and by `federated_clients`
+    clients on their hold-outs."""
 
+    #: Evaluate every this many model versions (the last one always).
     every: int = 1
-    test_examples: int = 0
+    #: Central evaluation on a fixed seeded sample of at most this many test examples (0: all).
+    test_examples: int = 10_000
+    #: Clients that evaluate each evaluated version on their hold-outs (0: none).
     federated_clients: int = 20
 
     def __post_init__(self) -> None:
@@ -101,13 +119,34 @@ class EvaluationConfig:
 
 
 @dataclass
+class DivergenceConfig:
+    """When a run counts as diverged and stops (`server/divergence.py`)."""
+
+    #: A training or test loss above this multiple of the initial model's test loss (or a
+    #: non-finite one) stops the run; 0: never stop.
+    loss_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        require(
+            self.loss_factor == 0 or self.loss_factor > 1,
+            "loss_factor",
+            "must be 0 (off) or > 1",
+            self.loss_factor,
+        )
+
+
+@dataclass
 class SimulationConfig:
     """Execution of virtual clients: in-process (workers 0) or a pool of worker processes
     ("auto": one per usable core, `server/simulation.py`); a time budget. The worker count
     never changes a result: tasks are computed from their own seeds and received in order."""
 
+    #: Worker processes for simulated clients: auto (one per usable core when there are two or more)
+    #: or a count (0: in-process).
     workers: int | Literal["auto"] = "auto"
+    #: Stop at this simulated time in seconds (0: no limit).
     max_time: float = 0.0
+    #: Record each published model's sha256 in the ledger.
     hash_models: bool = False
 
     def __post_init__(self) -> None:
@@ -124,10 +163,16 @@ class SimulationConfig:
 class OutputConfig:
     """What a run writes and shows."""
 
+    #: The live display: rich panel, plain lines, off, or auto (rich on a terminal).
     progress: Literal["auto", "rich", "plain", "off"] = "auto"
+    #: Write the final model to `model.fct`.
     save_model: bool = True
+    #: Write `metrics.png`.
     plot: bool = True
+    #: Write `ledger.jsonl`.
     ledger: bool = True
+    #: Also write the metrics as TensorBoard scalars in `RUN/tensorboard` (the tensorboard extra).
+    tensorboard: bool = False
 
 
 @dataclass
@@ -136,14 +181,23 @@ class TrainingConfig:
     (`clients/techniques/`), and the update transforms applied before upload, in order
     (`clients/transforms/`, e.g. `[{name: topk, fraction: 0.1}]`)."""
 
+    #: Local SGD steps per training task (unless local_epochs is set).
     local_steps: int = 10
+    #: Local epochs per task instead of steps (0: use local_steps).
     local_epochs: float = 0.0
+    #: Examples per local step.
     batch_size: int = 32
+    #: Clients' learning rate.
     lr: float = 0.05
+    #: Clients' SGD momentum (reset each task).
     momentum: float = 0.0
+    #: Clients' L2 weight decay.
     weight_decay: float = 0.0
+    #: Client technique (`clients/techniques/`); strategies may set their own.
     technique: str = "sgd"
+    #: Extra parameters for the technique.
     options: dict[str, float] = field(default_factory=dict)
+    #: Update transforms before upload, in order, e.g. `[{name: topk, fraction: 0.1}]`.
     transforms: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -208,7 +262,9 @@ class ValidationPolicy:
     """Bounds every update must respect before it can touch the model (beyond shape, dtype,
     finiteness and version, which are always checked)."""
 
+    #: Bound on the example count an update may claim.
     max_examples: int = 10_000_000
+    #: L2 bound on an update's delta (0: no bound).
     max_delta_norm: float = 0.0
     #: An update counts for at most this multiple of the median example count clients declare
     #: (their partition's size, or the count a client with its own data declares at join).
@@ -248,18 +304,32 @@ def address_port(address: str) -> int | None:
 class DeploymentConfig:
     """`fedcore server`: where it listens, its certificates, and liveness timing."""
 
+    #: HOST:PORT the server listens on (port 0: any free port, printed at start).
     address: str = "127.0.0.1:50051"
+    #: The server's certificate folder (`fedcore certs init` makes it: DIR/server).
     certs: str = "certs"
+    #: Seconds between a client's heartbeats.
     heartbeat_seconds: float = 2.0
+    #: Seconds without a heartbeat after which a client is gone and its task lost.
     liveness_timeout: float = 10.0
+    #: Payload bytes per tensor frame on the wire (at most 2 MiB).
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: Model versions between checkpoints (0: none).
     checkpoint_every: int = 1
+    #: Newest checkpoints kept.
     checkpoint_keep: int = 3
+    #: Seconds with every client gone before the server gives up (0: never).
     gone_timeout: float = 60.0
+    #: Uploads of at least this many bytes are spooled to disk while another is in memory (0:
+    #: never).
     spool_bytes: int = 64 << 20
+    #: Uploads received in memory at once.
     memory_uploads: int = 1
+    #: Seconds an upload may take from its header to its last frame.
     upload_timeout: float = 300.0
+    #: Seconds a task may stay outstanding before it expires, heartbeats or not.
     task_timeout: float = 3600.0
+    #: Seconds a new connection has to finish its TLS handshake.
     handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -324,8 +394,11 @@ class DeviceSettings:
     """A deployed client's settings for one kind of device. None of them changes what is
     computed beyond floating-point rounding: the batch size, seeds and sampling are the task's."""
 
+    #: Torch threads on this kind of device (0: the experiment's threads).
     threads: int = 0
+    #: float32, or bfloat16 autocast for the forward pass (weights and the wire stay float32).
     dtype: Literal["float32", "bfloat16"] = "float32"
+    #: Bytes the client may use on this device (0: no budget).
     memory_budget: int = 0
 
     def __post_init__(self) -> None:
@@ -352,18 +425,24 @@ class ClientDevicesConfig:
 class ExperimentConfig:
     """A whole experiment, as `fedcore sim` and `fedcore server` run it."""
 
+    #: Seed of everything random: data split, sampling, task seeds, initial model.
     seed: int = 0
+    #: Model versions to publish.
     rounds: int = 30
+    #: Clients in the federation.
     num_clients: int = 100
+    #: Clients training at once (per round, or concurrently for asynchronous strategies).
     clients_per_round: int = 10
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: The strategy preset and its options (docs/strategies.md).
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     training: TrainingConfig = field(default_factory=TrainingConfig)
     client_profiles: ProfileConfig = field(default_factory=ProfileConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     validation: ValidationPolicy = field(default_factory=ValidationPolicy)

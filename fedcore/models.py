@@ -2,7 +2,7 @@
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Literal
 
@@ -88,8 +88,21 @@ _MODELS: dict[str, tuple[frozenset[DatasetKind], Callable[..., nn.Module]]] = {
     "char_gru": (frozenset({"text"}), partial(_char_rnn, cell="gru")),
     "char_lstm": (frozenset({"text"}), partial(_char_rnn, cell="lstm")),
 }
+#: The models fedcore ships (plug-ins may register more: `register_model`).
 MODELS = tuple(_MODELS)
 _DEFAULTS: dict[DatasetKind, str] = {"image": "mlp", "text": "char_gru", "tabular": "tabular_mlp"}
+
+
+def register_model(
+    name: str,
+    builder: Callable[..., nn.Module],
+    kinds: Iterable[DatasetKind] = ("image", "tabular", "text"),
+) -> None:
+    """Make `model.name=NAME` build `builder(info, **model.options)` for datasets of `kinds`
+    (a plug-in's model, docs/extending.md); weights come from torch's global RNG, seeded."""
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = (frozenset(kinds), builder)
 
 
 def build_model(name: str, info: DatasetInfo, **options: object) -> nn.Module:
@@ -98,7 +111,7 @@ def build_model(name: str, info: DatasetInfo, **options: object) -> nn.Module:
     Raises ValueError for an unknown name or a model that does not fit the dataset's kind.
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
     kinds, builder = _MODELS[name]
     if info.kind not in kinds:
         raise ValueError(

@@ -60,18 +60,31 @@ class Outage:
 class ProfileConfig:
     """The heterogeneity distribution clients' profiles are drawn from, and scheduled changes."""
 
+    #: How clients' seconds per step are drawn: constant, lognormal, loguniform or tiers.
     speed: Literal["constant", "lognormal", "loguniform", "tiers"] = "lognormal"
+    #: Median (or base) simulated seconds per local step.
     step_seconds: float = 0.05
+    #: Spread of lognormal speeds.
     speed_sigma: float = 0.8
+    #: Slowest-to-fastest ratio of loguniform speeds.
     speed_spread: float = 10.0
+    #: The tiers of speed `tiers`: `[{share, step_seconds}]`.
     tiers: list[SpeedTier] = field(default_factory=list)
+    #: Median link bandwidth in Mbit/s.
     bandwidth_mbps: float = 20.0
+    #: Spread of lognormal bandwidths.
     bandwidth_sigma: float = 0.5
+    #: Per-transfer latency in seconds.
     latency_seconds: float = 0.05
+    #: Chance a client is available again right after a task (else offline a while).
     availability: float = 1.0
+    #: Mean seconds offline when a client is not available.
     offline_seconds: float = 60.0
+    #: Chance a task is lost half-way (the client drops out).
     dropout: float = 0.0
+    #: Scheduled slowdowns: `[{at, fraction, factor}]`.
     slowdowns: list[Slowdown] = field(default_factory=list)
+    #: Scheduled outages: `[{at, fraction, duration}]`.
     outages: list[Outage] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -8,8 +8,10 @@ No Hydra import: clients on minimal stacks use this too.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -96,8 +98,7 @@ def _dataclass(cls: type, value: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        key = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(f"{key}: unknown key (known keys: {', '.join(sorted(fields))})")
+        raise ConfigError(unknown_key(path, unknown[0], fields))
     kwargs = {
         name: _convert(hints[name], raw, f"{path}.{name}" if path else name)
         for name, raw in value.items()
@@ -110,6 +111,16 @@ def _dataclass(cls: type, value: Any, path: str) -> Any:
         if re.split(r"[.\[]", field, maxsplit=1)[0] in fields and reason:
             raise ConfigError(f"{path + '.' if path else ''}{message}") from None
         raise ConfigError(f"{_where(path)}: {message}") from None
+
+
+def unknown_key(path: str, name: str, known: Iterable[str]) -> str:
+    """The error line for key `name` under `path`, which is none of `known`: the closest known
+    key as a suggestion when one is close, and the known keys."""
+    known = sorted(known)
+    key = f"{path}.{name}" if path else name
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {(path + '.' if path else '') + close[0]}?" if close else ""
+    return f"{key}: unknown key{hint} (known keys: {', '.join(known)})"
 
 
 def require(condition: bool, field: str, rule: str, value: Any) -> None:

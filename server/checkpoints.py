@@ -47,6 +47,8 @@ class ServerState:
     timers: dict[str, float] = field(default_factory=dict)
     registry: dict[str, Any] = field(default_factory=dict)
     ledger_position: int = 0
+    #: Bytes sent to and received from clients so far (down, up): counts go on after a resume.
+    traffic: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def snapshot(state: ServerState) -> Snapshot:
         "timers": state.timers,
         "registry": state.registry,
         "ledger_position": state.ledger_position,
+        "traffic": list(state.traffic),
     }
     tensors.update({key: tensor.clone() for key, tensor in strategy_tensors.items()})
     return Snapshot(state.model.version, json.dumps(document).encode(), tensors)
@@ -223,6 +226,18 @@ def read_checkpoint(path: Path, layout: ModelLayout) -> ServerState:
             timers={str(k): float(v) for k, v in document["timers"].items()},
             registry=dict(document["registry"]),
             ledger_position=int(document["ledger_position"]),
+            traffic=_traffic(document.get("traffic", [0, 0])),  # checkpoints before it: 0
         )
     except (FrameError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"inconsistent contents: {error}") from None
+
+
+def _traffic(counts: Any) -> tuple[int, int]:
+    """A checkpoint's (down, up) byte counts, checked."""
+    if (
+        not isinstance(counts, list)
+        or len(counts) != 2
+        or not all(isinstance(c, int) and c >= 0 for c in counts)
+    ):
+        raise ValueError(f"traffic must be two byte counts, got {counts!r}")
+    return counts[0], counts[1]

@@ -11,9 +11,10 @@ Nothing here knows how bytes move.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,6 +144,7 @@ class Coordinator:
         self.max_versions = max_versions
         self._num_clients = num_clients
         self.ledger = ledger or Ledger()
+        self.ledger.run_time = lambda: self.now
         self.policy = policy or ValidationPolicy()
         self.hash_models = hash_models
         self.outstanding: dict[int, Task] = {}
@@ -156,8 +158,15 @@ class Coordinator:
         self._snapshots: dict[int, tuple[GlobalModel, int]] = {}
         self._timers: dict[str, float] = {}
         self._losses: list[float] = []
+        #: Updates accepted since the last published version.
+        self.accepted_since_publish = 0
+        #: What the coordinator is doing: "aggregating" while the strategy takes an update
+        #: or a timer (which may close a round), else "training".
+        self.phase = "training"
         self.listeners: list[Callable[[Publication], None]] = []
         self.finished = False
+        #: Why training finished (set with `finished`).
+        self.stop_reason = ""
         strategy.attach(self)
 
     # -- StrategyContext ----------------------------------------------------------------------
@@ -247,7 +256,7 @@ class Coordinator:
         self._layout.params.check(params)
         model = GlobalModel(params, buffers, self._model.version + 1)
         self._model = model
-        record: dict[str, Any] = {"version": model.version, "time": round(self.now, 6)}
+        record: dict[str, Any] = {"version": model.version}
         if self.hash_models:
             record["sha256"] = model_digest(model)
         record.update(
@@ -255,11 +264,12 @@ class Coordinator:
         )
         self.ledger.record("model", **record)
         losses, self._losses = self._losses, []
+        accepted, self.accepted_since_publish = self.accepted_since_publish, 0
         publication = Publication(
-            model, self.now, info, sum(losses) / len(losses) if losses else None, len(losses)
+            model, self.now, info, sum(losses) / len(losses) if losses else None, accepted
         )
         if model.version >= self.max_versions:
-            self.finished = True
+            self.stop(f"reached {self.max_versions} model versions")
         evaluators = self._evaluators(model.version)
         publication.evaluating = bool(evaluators)
         for listener in self.listeners:
@@ -267,6 +277,12 @@ class Coordinator:
         for client in evaluators:
             self._send_evaluation(client)
         return model
+
+    def stop(self, reason: str) -> None:
+        """Finish training now, for `reason` (the last version, or a listener that saw the
+        run diverge): no task is dispatched after this."""
+        self.finished = True
+        self.stop_reason = reason
 
     # -- checkpoints ---------------------------------------------------------------------------
     def pending_timers(self) -> dict[str, float]:
@@ -283,7 +299,8 @@ class Coordinator:
         self.strategy.load_state_dict(strategy_state)
         for key, at in timers.items():
             self.set_timer(at, key)
-        self.finished = model.version >= self.max_versions
+        if model.version >= self.max_versions:
+            self.stop(f"reached {self.max_versions} model versions")
 
     # -- events from the driver ------------------------------------------------------------------
     def add_clients(self, client_ids: Iterable[int]) -> None:
@@ -356,11 +373,13 @@ class Coordinator:
             entry["examples_capped"] = cap
             update = replace(update, num_examples=cap)
         self.ledger.record("accepted", staleness=staleness, **entry)
+        self.accepted_since_publish += 1
         if "train_loss" in update.metrics:
             self._losses.append(update.metrics["train_loss"])
         if then_idle:
             self._idle.add(client)
-        self.strategy.on_update(Arrival(update, base, staleness))
+        with self._aggregating():
+            self.strategy.on_update(Arrival(update, base, staleness))
         if then_idle and client in self._idle and not self.finished:
             self.strategy.on_client_idle(client)
         return None
@@ -404,7 +423,16 @@ class Coordinator:
         """A timer fired; stale ones (replaced or already served) are ignored."""
         if key in self._timers and self._timers[key] <= self.now and not self.finished:
             del self._timers[key]
-            self.strategy.on_timer(key)
+            with self._aggregating():
+                self.strategy.on_timer(key)
+
+    @contextlib.contextmanager
+    def _aggregating(self) -> Iterator[None]:
+        self.phase = "aggregating"
+        try:
+            yield
+        finally:
+            self.phase = "training"
 
     # -- internals ---------------------------------------------------------------------------
     def _refuse(
@@ -440,6 +468,11 @@ class Coordinator:
         if self.policy.examples_vs_median and self._declared_median:
             cap = min(cap, max(1, int(self.policy.examples_vs_median * self._declared_median)))
         return cap
+
+    def examples_of(self, client: int) -> int:
+        """The examples `client` trains on: its own data's count it declared at join, else its
+        partition's size (0 when neither is known)."""
+        return self.declared_examples(client) if self.declared_examples is not None else 0
 
     def declarations_changed(self) -> None:
         """A client declared a new example count (at join): the median is taken again."""

@@ -12,7 +12,7 @@ import contextlib
 import resource
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ async def serve(
         registry.watch_liveness(liveness_timeout, service.now, coordinator.client_gone, revoked)
     )
     coordinator.start()
-    reason = f"reached {coordinator.max_versions} model versions"
+    reason = ""
     gone_since: float | None = None
     joined = False
     try:
@@ -217,6 +217,8 @@ async def serve(
                 await wake.wait()
         if stop.is_set():
             reason = "stopped"
+        elif coordinator.finished:
+            reason = coordinator.stop_reason
         if coordinator.finished:
             await _finish_talking(service, liveness_timeout, stop)
     finally:
@@ -300,10 +302,14 @@ def resume_state(
 
 
 def deploy(
-    config_data: dict[str, Any], run_path: Path | None, ready: Callable[[int], None]
+    config_data: dict[str, Any],
+    run_path: Path | None,
+    ready: Callable[[int], None],
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run `fedcore server` for the experiment `config_data` describes, resuming from the run
-    directory's checkpoints when it has some; return the summary."""
+    """Run `fedcore server` for the experiment `config_data` describes (composed from
+    `overrides`), resuming from the run directory's checkpoints when it has some; return the
+    summary."""
     experiment_config, _ = parse_experiment(config_data)
     config = experiment_config.deployment
     cert_dir = Path(config.certs)
@@ -392,19 +398,26 @@ def deploy(
             config.memory_uploads,
         )
         if state is not None:
+            service.bytes_down, service.bytes_up = state.traffic
             registry.restore(state.registry)
             coordinator.restore(state.model, state.strategy, state.timers)
         report = RunReport(
             experiment,
             config_data,
             run_path,
-            lambda: (service.bytes_down, service.bytes_up),
+            lambda: {
+                "bytes_down": service.bytes_down,
+                "bytes_up": service.bytes_up,
+                "refused": ledger.counts["refused"],
+            },
             resume_version=state.model.version if state else None,
+            overrides=overrides,
+            stop=coordinator.stop,
+            clock="wall",
         )
         if report.run_dir is not None:
             report.run_dir.on_fault(disk_fault)
-        coordinator.listeners.append(report.record)
-        coordinator.evaluation_listeners.append(report.federated)
+        report.follow(coordinator)
 
         def checkpoint(publication: Publication) -> None:
             version = publication.model.version
@@ -422,6 +435,7 @@ def deploy(
                     timers=coordinator.pending_timers(),
                     registry=registry.to_state(),
                     ledger_position=ledger.position(),
+                    traffic=(service.bytes_down, service.bytes_up),
                 )
             )
 

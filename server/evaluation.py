@@ -58,6 +58,12 @@ class Evaluator:
             test = test.subset(torch.from_numpy(keep))
         self.test = test
 
+    def first_loss(self, model: GlobalModel, examples: int) -> float:
+        """`model`'s loss on the first `examples` of the test set: a cheap estimate where only
+        the scale matters (the divergence guard's reference)."""
+        head = self.test.subset(torch.arange(min(examples, len(self.test))))
+        return self.score(model.params, model.buffers, head)["loss"]
+
     def __call__(self, model: GlobalModel) -> dict[str, float]:
         """Metrics of `model`: test_loss, test_accuracy."""
         central = self.score(model.params, model.buffers, self.test)

@@ -39,6 +39,9 @@ class Ledger:
         self.counts: Counter[str] = Counter()
         self._file = AppendOnlyFile(path) if path else None
         self._clock = clock
+        #: The run's clock (simulated or wall seconds since the run began): every entry
+        #: carries its time when set, as the coordinator does.
+        self.run_time: Callable[[], float] | None = None
         self._budgets: dict[str, tuple[float, float]] = {}
         self._suppressed: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
@@ -51,7 +54,10 @@ class Ledger:
         """Append one entry, whole (DiskFault when the disk keeps refusing it): `event` is
         join, accepted, rejected, refused, expired, lost, model, resumed and the like."""
         if self._file is not None:
-            line = json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n"
+            entry = {"event": event, **fields}
+            if self.run_time is not None:
+                entry = {"event": event, "time": round(self.run_time(), 6), **fields}
+            line = json.dumps(entry, separators=(",", ":")) + "\n"
             self._file.append(line.encode())
         self.counts[event] += 1
 

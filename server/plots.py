@@ -1,4 +1,4 @@
-"""The run plot: accuracy and loss against model version and against (simulated) time."""
+"""The run plot: accuracy and loss against model version and against the run's time."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Write a 2x2 PNG: accuracy/loss (rows) against version/time (columns)."""
+def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str, clock: str) -> None:
+    """Write a 2x2 PNG: accuracy/loss (rows) against version and the run's `clock` time
+    ("simulated" or "wall"; columns)."""
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for col, (x_key, x_label) in enumerate(
-        (("version", "model version (round)"), ("time", "simulated time [s]"))
+        (("version", "model version (round)"), ("time", f"{clock} time [s]"))
     ):
         for row_index, metric in enumerate(("accuracy", "loss")):
             axis = axes[row_index][col]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.server.ledger import read_ledger
+from fedcore.server.tables import text_table
 
 
 @dataclass
@@ -87,11 +88,7 @@ def format_roster(clients: list[RosterEntry]) -> str:
                 libraries.get("torch", "?"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return text_table(rows)
 
 
 def clients_main(argv: list[str]) -> int:

@@ -72,6 +72,7 @@ class RunDirectory:
         save_model: bool,
         plot: bool,
         title: str,
+        clock: str,
     ) -> None:
         """Write the CSV, the final model, the plot and summary.json; close files."""
         self._metrics.close()
@@ -84,7 +85,7 @@ class RunDirectory:
         if save_model:
             write_atomically(self.path / "model.fct", model_frames(model, layout))
         if plot and self.rows:
-            plot_metrics(self.rows, self.path / "metrics.png", title)
+            plot_metrics(self.rows, self.path / "metrics.png", title, clock)
         document = json.dumps(finite_or_null(summary), indent=2)
         write_atomically(self.path / "summary.json", document.encode())
 

@@ -46,9 +46,11 @@ MAX_STREAMS_PER_CLIENT = 4
 class Refusal(Exception):
     """An RPC refused for a reason the caller must see, with its gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: str, routine: bool = False) -> None:
+        """`routine`: expected in normal operation (a stale session), not worth a ledger entry."""
         super().__init__(reason)
         self.code = code
+        self.routine = routine
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
@@ -107,7 +109,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             )
         slot = self.registry.slots[numbers[identity]]
         if session is not None and session != slot.session:
-            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "unknown session: join again")
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION, "unknown session: join again", routine=True
+            )
         slot.last_seen = self.now()
         return slot
 
@@ -118,8 +122,20 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         try:
             return self._identify(context, claimed, session)
         except Refusal as refusal:
-            await context.abort(refusal.code, str(refusal))
+            await self._refuse(context, claimed, refusal)
             raise  # context.abort has already raised; this only tells type checkers
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, claimed: str, refusal: Refusal
+    ) -> None:
+        """Abort the RPC with the refusal's status and reason, after recording it in the
+        ledger (rate-limited per caller); a stale session (the server restarted, the client
+        joins again) is routine and goes unrecorded."""
+        if not refusal.routine:
+            self.coordinator.ledger.record_limited(
+                "refused", self._peer(context), client=capped(claimed), reason=str(refusal)
+            )
+        await context.abort(refusal.code, str(refusal))
 
     # -- RPCs ------------------------------------------------------------------------------------
     async def Join(
@@ -143,14 +159,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             "libraries": {capped(k, 64): capped(v, 64) for k, v in libraries},
             "examples": request.num_examples,
         }
+        self.coordinator.declarations_changed()
         self.coordinator.ledger.record_limited(
             "join",
             request.client_id,
             client=slot.number,
             name=request.client_id,
             profile=slot.profile,
+            examples=self.coordinator.examples_of(slot.number),
         )
-        self.coordinator.declarations_changed()
         self.registry.changed.set()
         if slot.number not in self.coordinator.outstanding:
             self.coordinator.client_idle(slot.number)
@@ -170,8 +187,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         try:
             slot = self._identify(context, request.client_id, request.session)
         except Refusal as refusal:
-            if refusal.code != grpc.StatusCode.FAILED_PRECONDITION:
-                await context.abort(refusal.code, str(refusal))
+            if not refusal.routine:
+                await self._refuse(context, request.client_id, refusal)
             return pb.HeartbeatReply(known=False)
         if self._done(slot):
             self._tell_done(slot)
@@ -295,10 +312,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                     "upload names no outstanding task of this client (replayed or stale)",
                 )
         except Refusal as refusal:
-            self.coordinator.ledger.record_limited(
-                "refused", self._peer(context), client=capped(header.client_id), reason=str(refusal)
-            )
-            await context.abort(refusal.code, str(refusal))
+            await self._refuse(context, header.client_id, refusal)
             raise  # context.abort has already raised; this only tells type checkers
         slot.take(parked)
         with self._upload_memory() as in_memory:

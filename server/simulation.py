@@ -19,9 +19,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -49,6 +50,9 @@ from fedcore.server.ledger import Ledger
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
+
+#: How the stop reason of a run ended by Ctrl-C begins.
+INTERRUPTED = "interrupted"
 
 
 class EventKind(IntEnum):
@@ -215,7 +219,9 @@ class Simulation:
             _WORKER.update(
                 federation=self.federation, trainer=LocalTrainer(self.experiment.build_model)
             )
-            pool = ProcessPoolExecutor(self.workers, mp_context=get_context("fork"))
+            pool = ProcessPoolExecutor(
+                self.workers, mp_context=get_context("fork"), initializer=_leave_interrupts
+            )
             pool.submit(int).result()
             _WORKER.clear()
             return pool
@@ -253,7 +259,12 @@ class Simulation:
                 self._handle(event)
                 self._deliver_evaluations()
             if coordinator.finished:
-                reason = f"reached {self.experiment.config.rounds} model versions"
+                reason = coordinator.stop_reason
+        except KeyboardInterrupt:
+            reason = (
+                f"{INTERRUPTED} at model version {coordinator.model.version} of "
+                f"{self.experiment.config.rounds}"
+            )
         finally:
             self.close()
         return SimulationResult(
@@ -363,9 +374,16 @@ def task_data(federation: Federation, task: Task) -> Split:
 _WORKER: dict[str, Any] = {}
 
 
+def _leave_interrupts() -> None:
+    """Per worker process: Ctrl-C reaches the whole process group, and the simulation, not its
+    workers, handles it (stopping them once it has written what the run did)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _init_worker(config_data: dict[str, Any]) -> None:
     """Per spawned worker process: load the federation and one trainer; the config's plug-ins
     are imported by `parse_experiment`."""
+    _leave_interrupts()
     config, _ = parse_experiment(config_data)
     torch.set_num_threads(config.threads)
     federation = make_federation(config)
@@ -379,8 +397,11 @@ def _run_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) -> U
     return trainer.run(task, params, buffers, task_data(_WORKER["federation"], task))
 
 
-def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, Any]:
-    """Run the experiment `config_data` describes; write its run directory; return the summary."""
+def simulate(
+    config_data: dict[str, Any], run_path: Path | None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Run the experiment `config_data` describes (composed from `overrides`, which the summary
+    records); write its run directory; return the summary with `history`, every metrics row."""
     experiment = make_experiment(config_data)
     ledger = open_ledger(experiment, run_path)
     spool_dir = None if run_path is None else run_path / "spool"
@@ -389,15 +410,18 @@ def simulate(config_data: dict[str, Any], run_path: Path | None) -> dict[str, An
         experiment,
         config_data,
         run_path,
-        lambda: (simulation.bytes_down, simulation.bytes_up),
+        lambda: {"bytes_down": simulation.bytes_down, "bytes_up": simulation.bytes_up},
+        overrides=overrides,
+        stop=simulation.coordinator.stop,
     )
-    simulation.coordinator.evaluation_listeners.append(report.federated)
+    report.follow(simulation.coordinator)
     with report:
-        result = simulation.run(report.record)
-    return report.finish(
+        result = simulation.run()
+    summary = report.finish(
         result.final,
         ledger,
         stop_reason=result.stop_reason,
         virtual_seconds=result.virtual_seconds,
         workers=simulation.workers,
     )
+    return {**summary, "history": report.rows}

@@ -46,13 +46,19 @@ InitPhase = Literal["pending", "running", "done"]
 class FedAMDConfig(FedAvgConfig):
     """FedAMD options: anchor rule, anchor batch, server step, gradient store, initial round."""
 
+    #: Mean over miners, uniform (reference) or by examples.
     weighting: Literal["examples", "uniform"] = "uniform"
     #: Off: anchors upload gradients, whose norms are not comparable with the miners' deltas.
     norm_bound: float = 0.0
+    #: Chance each sampled client is an anchor.
     anchor_probability: float = 0.2
+    #: T > 0: every T-th round all sampled clients are anchors.
     anchor_period: int = 0
+    #: Examples in an anchor's random batch (0: its whole local set).
     anchor_batch: int = 0
+    #: Where anchor gradients are kept: server (N*P*4 bytes) or client.
     gradient_store: Literal["server", "client"] = "server"
+    #: Every client first uploads an anchor gradient at x^0.
     init_round: bool = False
 
     def __post_init__(self) -> None:

@@ -21,8 +21,11 @@ class FedAsyncConfig:
     """Concurrency, mixing rate alpha, staleness function and an optional staleness bound."""
 
     clients_per_round: int = 10
+    #: Mixing weight of an arrival (times its staleness weight).
     alpha: float = 0.6
+    #: Staleness weighting.
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
+    #: Updates staler than this are dropped (null: none are).
     max_staleness: int | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

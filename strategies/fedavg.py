@@ -22,7 +22,9 @@ from fedcore.strategies.server_step import ServerStep, ServerStepConfig
 class FedAvgConfig(RoundConfig):
     """FedAvg options: round shape, how arrivals are weighted, and the server step."""
 
+    #: Mean weighted by clients' example counts, or uniform.
     weighting: Literal["examples", "uniform"] = "examples"
+    #: How the mean delta moves the model (docs/client-techniques.md).
     server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 
 

@@ -27,6 +27,7 @@ class FedBuffConfig(FedAsyncConfig):
     server step size eta_g."""
 
     alpha: float = 1.0
+    #: Arrivals per published version.
     buffer_size: int = 4
     server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 

@@ -56,15 +56,25 @@ class FedCompassConfig:
 
     `training.local_steps` is not used: FedCompass chooses each task's steps."""
 
+    #: Fewest local steps a task gets.
     min_local_steps: int = 20
+    #: Most local steps a task gets.
     max_local_steps: int = 100
+    #: Steps of a client's first task (0: from its profile).
     initial_local_steps: int = 0
+    #: A group closes at this multiple of its expected duration.
     latest_time_factor: float = 1.5
+    #: Weight of the newest speed sample in each client's moving average.
     speed_momentum: float = 0.9
+    #: Server mixing weight of a group's aggregate.
     alpha: float = 0.9
+    #: examples, uniform, or federation (1/N over all clients).
     weighting: Literal["examples", "uniform", "federation"] = "examples"
+    #: Scale each delta by Q_eff / Q_j.
     normalize_steps: bool = False
+    #: Staleness weighting of late updates.
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
+    #: Updates staler than this are dropped (null: none are).
     max_staleness: int | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
     server_step: ServerStepConfig = field(default_factory=ServerStepConfig)

@@ -51,12 +51,19 @@ EVAL_BATCH = 1024
 class FedLAWConfig(FedAvgConfig):
     """FedLAW options; defaults from the reference `args.py` (server lr 0.005, 0.01 on CIFAR-10)."""
 
+    #: Epochs of server-side learning per round on the proxy set (0: FedAvg).
     server_epochs: int = 20
+    #: Adam learning rate of the server-side learning.
     server_lr: float = 0.005
+    #: Proxy examples per server step.
     server_batch_size: int = 128
+    #: Client weights as softmax (exp) or squares (quad).
     parameterization: Literal["exp", "quad"] = "exp"
+    #: Lowest global shrinking factor.
     gamma_min: float = 0.5
+    #: Highest global shrinking factor.
     gamma_max: float = 1.0
+    #: Keep the lowest-proxy-loss iterate (best) or the last.
     select: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:

@@ -38,10 +38,15 @@ from fedcore.typed_config import require
 class FedLDConfig(RoundConfig):
     """FedLD options; defaults from the reference `options.py` (margin 0.03; its README runs 0.1)."""
 
+    #: Weight of the margin term log(1 + ||softmax(z)||^2).
     margin_lambda: float = 0.03
+    #: Norm over the whole batch (reference) or per sample.
     margin_norm: Literal["batch", "sample"] = "batch"
+    #: Principal directions kept: max(1, floor(k_fraction m)).
     k_fraction: float = 0.8
+    #: First rounds aggregated as plain means.
     plain_rounds: int = 0
+    #: Where the principal-direction kernel runs: auto, cpu or cuda.
     device: str = "auto"
     server_step: ServerStepConfig = field(default_factory=ServerStepConfig)
 

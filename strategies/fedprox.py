@@ -13,6 +13,7 @@ from fedcore.typed_config import require
 class FedProxConfig(FedAvgConfig):
     """FedAvg options plus the proximal coefficient mu."""
 
+    #: Weight of the proximal term mu/2 ||w - w_t||^2.
     mu: float = 0.01
 
     def __post_init__(self) -> None:

@@ -38,7 +38,9 @@ class RoundConfig:
     """How a synchronous round is formed and when it closes."""
 
     clients_per_round: int = 10
+    #: Seconds after which a round closes with the updates it has (0: wait for all).
     round_timeout: float = 0.0
+    #: Share of the round's clients a timed-out round needs to publish.
     min_fraction: float = 0.5
     #: Updates are shrunk to this multiple of the recent median update norm (0: no bound).
     norm_bound: float = 1.0

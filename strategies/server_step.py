@@ -32,11 +32,17 @@ StepName = Literal["plain", "momentum", "adam", "yogi", "adagrad"]
 class ServerStepConfig:
     """Which server step, and its parameters (each step reads the ones it needs)."""
 
+    #: plain, momentum, adam, yogi or adagrad.
     name: StepName = "plain"
+    #: Server learning rate.
     lr: float = 1.0
+    #: Momentum of the momentum step.
     momentum: float = 0.9
+    #: First-moment decay of adam and yogi.
     beta1: float = 0.9
+    #: Second-moment decay of adam and yogi.
     beta2: float = 0.99
+    #: Adaptivity epsilon of adam, yogi and adagrad.
     tau: float = 1e-3
 
     def __post_init__(self) -> None:

@@ -16,8 +16,11 @@ from fedcore.typed_config import require
 class StalenessConfig:
     """Which staleness function, and its parameters a (decay) and b (hinge point)."""
 
+    #: Weight of a stale update: polynomial (tau+1)^-a, hinge, or constant.
     function: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    #: Exponent (polynomial) or slope (hinge).
     a: float = 0.5
+    #: Staleness up to which hinge weighs 1.
     b: int = 4
 
     def __post_init__(self) -> None:

@@ -7,24 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from benchmarks.common import FAST_OVERRIDES
+from fedcore.api import compose
 from tests.processes import kill_leftovers
 from tests.rvstack import CACHE, REPO, set_up
 
 FAST = FAST_OVERRIDES
 
 
-def composed(*overrides: str) -> dict[str, Any]:
-    """The experiment config `fedcore sim` would see for these overrides (hydra section removed)."""
-    with initialize_config_module(config_module="fedcore.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    data.pop("hydra", None)
-    return {str(k): v for k, v in data.items()}
+#: The experiment config `fedcore sim` would see for these overrides (hydra section removed).
+composed = compose
 
 
 @pytest.fixture

@@ -29,6 +29,20 @@ def spawn(
     return process
 
 
+def run_fedcore(
+    *args: str, cwd: Path | None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fedcore.cli ARGS` to its end; its exit status is the caller's to check."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedcore.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def fedcore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start `python -m fedcore.cli ARGS`."""
     return spawn([sys.executable, "-m", "fedcore.cli", *args], cwd, env)
@@ -60,7 +74,8 @@ def finish_federation(
     timeout: float = 240,
 ) -> list[str]:
     """Wait for the clients, then the server: each must exit 0, and each client must report
-    `accepted` updates accepted when that is given. Their outputs, clients first."""
+    `accepted` updates accepted when that is given (and have printed a line for each). Their
+    outputs, clients first."""
     outputs = [process.communicate(timeout=timeout)[0] for process in clients]
     outputs.append(server.communicate(timeout=60)[0])
     for process, output in zip([*clients, server], outputs, strict=True):
@@ -68,6 +83,8 @@ def finish_federation(
     if accepted is not None:
         for output in outputs[:-1]:
             assert f"done, {accepted} updates accepted" in output, output
+            per_task = re.findall(r": trained from version \d+: .*; accepted$", output, re.M)
+            assert len(per_task) == accepted, output
     return outputs
 
 

@@ -141,3 +141,12 @@ def test_poisoning_reports_every_attack_with_and_without_the_defaults(tmp_path):
     assert all(
         0 <= r["defended"] <= 1 and 0 <= r["undefended"] <= 1 for r in result["attacks"].values()
     )
+
+
+def test_preset_accuracy_benchmark_runs_quick_and_writes_its_json(tmp_path):
+    _quick("preset_accuracy", tmp_path)
+    result = json.loads((tmp_path / "preset_accuracy.json").read_text())
+    assert result["benchmark"] == "preset_accuracy" and result["quick"] is True
+    assert set(result["cases"]) == {"fedavg", "experiment=heart"}
+    for case in result["cases"].values():
+        assert case["versions"] == 3 and 0 < case["final_accuracy"] <= case["best_accuracy"] <= 1

@@ -1,18 +1,15 @@
 """Config validation: every bad key, type or value fails before training, naming the key."""
 
 import socket
-import subprocess
-import sys
 
 import pytest
-from hydra.errors import ConfigCompositionException
 
 from fedcore.config import address_port
 from fedcore.server.experiment import make_experiment, parse_experiment
 from fedcore.strategies.fedprox import FedProxConfig
 from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
-from tests.processes import make_certs, start_server
+from tests.processes import make_certs, run_fedcore, start_server
 
 
 def test_default_config_parses_into_typed_sections():
@@ -86,31 +83,21 @@ def test_invalid_configs_name_the_key(overrides, message):
     assert message in str(error.value)
 
 
-def test_hydra_refuses_new_keys_without_plus():
-    with pytest.raises(ConfigCompositionException, match="bogus"):
-        composed("bogus=1")
-
-
-def _fedcore(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "fedcore.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
+@pytest.mark.parametrize("override", ["bogus=1", "+bogus=1"])
+def test_new_keys_are_refused_with_or_without_plus(override):
+    with pytest.raises(ConfigError, match="bogus: unknown key"):
+        composed(override)
 
 
 def test_cli_rejects_bad_value_before_training(tmp_path):
-    result = _fedcore("sim", *FAST, "partition.alpha=-0.5", cwd=tmp_path)
+    result = run_fedcore("sim", *FAST, "partition.alpha=-0.5", cwd=tmp_path)
     assert result.returncode == 2
     assert "partition.alpha: must be > 0, got -0.5" in result.stderr
     assert not list(tmp_path.glob("outputs/*/*/metrics.jsonl")), "no training may have started"
 
 
 def test_cli_multirun_sweeps(tmp_path):
-    result = _fedcore("sim", "-m", *FAST, "rounds=1", "seed=0,1", cwd=tmp_path)
+    result = run_fedcore("sim", "-m", *FAST, "rounds=1", "seed=0,1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
     assert len(runs) == 2
@@ -141,3 +128,49 @@ def test_a_port_in_use_ends_the_server_with_one_line(tmp_path):
     assert server.returncode == 2, output
     assert f"fedcore: deployment.address: cannot listen on 127.0.0.1:{port} (in use?)" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (["rouns=5"], "fedcore: rouns: unknown key; did you mean rounds? (known keys: "),
+        (["+rouns=5"], "fedcore: rouns: unknown key; did you mean rounds? (known keys: "),
+        (["training.lrr=1"], "fedcore: training.lrr: unknown key; did you mean training.lr?"),
+        (
+            ["strategy=fedamd", "strategy.init_rond=true"],
+            "fedcore: strategy.init_rond: unknown key; did you mean strategy.init_round?",
+        ),
+        (
+            ["strategy=fedamdd"],
+            "fedcore: strategy: no preset 'fedamdd'; did you mean strategy=fedamd? (presets: ",
+        ),
+        (["-m", "strategy=fedavg,fedprx"], "fedcore: strategy: no preset 'fedprx'; did you mean"),
+    ],
+)
+def test_a_typo_is_one_line_with_a_suggestion_and_exit_2(tmp_path, arguments, line):
+    result = run_fedcore("sim", *arguments, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_a_command_line_hydra_cannot_parse_is_a_usage_error(tmp_path):
+    result = run_fedcore("sim", "rounds=[", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fedcore_prints_its_version():
+    from fedcore import __version__
+
+    result = run_fedcore("--version", cwd=None)
+    assert result.returncode == 0 and result.stdout == f"fedcore {__version__}\n"
+
+
+def test_a_server_address_without_a_port_is_one_line_and_exit_2(tmp_path):
+    result = run_fedcore("server", "deployment.address=localhost", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "fedcore: deployment.address: must be HOST:PORT with a port in [0, 65535] (0: any free "
+        "port), got 'localhost'\n"
+    )

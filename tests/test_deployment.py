@@ -61,6 +61,9 @@ def test_federation_over_mutual_tls_completes_with_every_update_accepted(
     joins = [e for e in entries if e["event"] == "join"]
     assert sorted(e["name"] for e in joins) == [f"client-{i}" for i in range(4)]
     assert all(e["profile"]["step_seconds"] > 0 for e in joins)
+    assert all(e["examples"] > 0 for e in joins), "partition sizes, not the 0 clients declare"
+    times = [e["time"] for e in entries]
+    assert times == sorted(times) and times[-1] > 0, "every entry carries the run's time"
 
 
 def _arrivals(run: Path) -> list[list[int]]:

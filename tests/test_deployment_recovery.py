@@ -4,6 +4,7 @@ round deadline and rejoins; a server whose clients all vanish says so and exits.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -92,13 +93,18 @@ def test_killed_server_resumes_past_damaged_checkpoints_to_the_same_model(
     assert f"from model version {resumed_from}" in server_output
     for process, output in zip(clients, outputs, strict=True):
         assert process.returncode == 0, output
-        assert "server unavailable" in output
+        assert f"server 127.0.0.1:{port} unavailable" in output
 
     entries = read_ledger(run / "ledger.jsonl", effective=True)
     assert [e["version"] for e in entries if e["event"] == "model"] == list(range(1, 9))
     accepted = [(e["client"], e["base_version"]) for e in entries if e["event"] == "accepted"]
     assert sorted(accepted) == [(c, v) for c in range(4) for v in range(8)]
     assert [e["version"] for e in entries if e["event"] == "resumed"] == [resumed_from]
+    assert all(isinstance(e["time"], float) for e in entries if e["event"] != "resumed")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    downs = [row["bytes_down"] for row in rows]
+    assert [row["version"] for row in rows] == list(range(1, 9)), rows
+    assert downs == sorted(downs) and len(set(downs)) == 8, "byte counts go on after a resume"
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     experiment = make_experiment(config)
@@ -212,7 +218,7 @@ def test_a_client_still_training_when_the_run_ends_stops_instead_of_retrying(
     # Its last update comes too late to count; it then evaluates the final model if the server
     # still waits for that, or hears that the server is gone: either way it stops, no retries.
     assert (
-        "update refused: training finished" in outputs[1]
+        "; refused: training finished" in outputs[1]
         or "the server finished training while this client was working" in outputs[1]
     ), outputs[1]
     assert "retrying" not in outputs[1], outputs[1]

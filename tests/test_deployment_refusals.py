@@ -117,6 +117,15 @@ def test_unenrolled_and_impersonating_clients_are_refused(server):
         impostor.Join(pb.JoinRequest(client_id="client-0"), timeout=10)
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "certificate belongs to 'client-1'" in error.value.details()
+    refused = [
+        (e["client"], e["reason"])
+        for e in read_ledger(root / "run" / "ledger.jsonl")
+        if e["event"] == "refused"
+    ]
+    assert refused[-2:] == [
+        ("intruder", "client 'intruder' is not enrolled"),
+        ("client-0", "certificate belongs to 'client-1', request claims 'client-0'"),
+    ]
 
 
 def decode_stream(data: bytes) -> list[tuple[str, torch.Tensor]]:
@@ -252,7 +261,7 @@ def test_bad_updates_are_rejected_with_reasons_and_replays_refused(server):
     entries = read_ledger(root / "run" / "ledger.jsonl")
     rejected = [e["reason"] for e in entries if e["event"] == "rejected"]
     assert len(rejected) == len(cases)
-    assert sum(e["event"] == "refused" for e in entries) == 1
+    assert sum(e["event"] == "refused" and "replayed" in e["reason"] for e in entries) == 1
     assert sum(e["event"] == "accepted" for e in entries) == 2
     assert stub.Heartbeat(
         pb.HeartbeatRequest(client_id="client-2", session=joined.session), timeout=10

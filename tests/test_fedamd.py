@@ -367,7 +367,9 @@ def _final(*overrides: str) -> torch.Tensor:
 
 
 def test_fedamd_with_p_zero_is_uniform_fedavg_bit_for_bit() -> None:
-    fedavg = _final("strategy=fedavg", "strategy.weighting=uniform", "strategy.norm_bound=0")
+    preset = composed("strategy=fedamd")["training"]  # FedAMD's preset trains its own way
+    same = [f"training.{key}={preset[key]}" for key in ("lr", "batch_size")]
+    fedavg = _final("strategy=fedavg", "strategy.weighting=uniform", "strategy.norm_bound=0", *same)
     fedamd = _final("strategy=fedamd", "strategy.anchor_probability=0.0")
     assert torch.equal(fedamd, fedavg)
     assert not torch.equal(_final("strategy=fedamd"), fedavg)

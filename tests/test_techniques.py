@@ -163,8 +163,8 @@ def test_topk_keeps_the_largest_entries_in_the_smaller_encoding(fraction, encodi
 
 
 def test_the_documented_plugin_command_runs_from_the_repository(tmp_path):
-    """`fedcore sim plugins=[tests.plugins.sign_sgd] training.technique=sign_sgd` (README and
-    docs/client-techniques.md), through the installed console script, which finds the plug-in
+    """`fedcore sim plugins=[tests.plugins.sign_sgd] training.technique=sign_sgd`
+    (docs/client-techniques.md), through the installed console script, which finds the plug-in
     in the current directory."""
     done = subprocess.run(
         [
@@ -197,7 +197,7 @@ def test_the_documented_plugin_command_runs_from_the_repository(tmp_path):
     ],
 )
 def test_the_documented_overrides_run(overrides):
-    """The other commands of docs/client-techniques.md and the README, for one version."""
+    """The other commands of docs/client-techniques.md, for one version."""
     compass = ["strategy.min_local_steps=2", "strategy.max_local_steps=5"]
     extra = compass if "strategy=fedcompass" in overrides else []
     summary = simulate(composed(*FAST, *overrides, *extra, "rounds=1"), None)

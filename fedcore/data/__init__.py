@@ -3,7 +3,7 @@
 from fedcore.data.federated import DatasetInfo, FederatedDataset
 from fedcore.data.packages import DatasetUnavailable
 from fedcore.data.partition import SCHEMES, holdout_split, partition
-from fedcore.data.registry import DATASETS, load_dataset
+from fedcore.data.registry import DATASETS, load_dataset, register_dataset
 from fedcore.data.split import Split
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "holdout_split",
     "load_dataset",
     "partition",
+    "register_dataset",
 ]

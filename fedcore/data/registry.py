@@ -16,7 +16,16 @@ _LOADERS: dict[str, Callable[..., FederatedDataset]] = {
     "heart": load_heart,
     "synthetic": load_synthetic,
 }
+#: The datasets fedcore ships (plug-ins may register more: `register_dataset`).
 DATASETS = tuple(_LOADERS)
+
+
+def register_dataset(name: str, loader: Callable[..., FederatedDataset]) -> None:
+    """Make `dataset.name=NAME` load `loader(**dataset.options)` (a plug-in's dataset,
+    docs/extending.md); it must give the same data on every call with the same options."""
+    if name in _LOADERS:
+        raise ValueError(f"dataset {name!r} is already registered")
+    _LOADERS[name] = loader
 
 
 def load_dataset(name: str, **options: object) -> FederatedDataset:
@@ -25,5 +34,5 @@ def load_dataset(name: str, **options: object) -> FederatedDataset:
     Raises ValueError for an unknown name, DatasetUnavailable when its data package is missing.
     """
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_LOADERS)}")
     return _LOADERS[name](**options)
