@@ -113,6 +113,7 @@ class ProgressDisplay:
         self._history: deque[float] = deque(maxlen=HISTORY)
         self._saved_stderr: int | None = None
         self._printed = time.monotonic()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
 
@@ -169,8 +170,11 @@ class ProgressDisplay:
                 self.stderr_log.unlink()
 
     def _say(self, line: str) -> None:
-        print(line, flush=True)
-        self._printed = time.monotonic()
+        """Print a whole line: the status thread and the run never interleave their text."""
+        with self._lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            self._printed = time.monotonic()
 
     def _plain_status(self) -> None:
         """Plain output: a line saying what the run does when nothing was printed lately."""

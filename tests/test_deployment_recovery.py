@@ -70,9 +70,11 @@ def test_killed_server_resumes_past_damaged_checkpoints_to_the_same_model(
     wait_for(lambda: len(_models(run)) >= 4, 120, "model version 4")
     server.kill()
     first_output = server.communicate(timeout=30)[0]
+    # The three newest: a kill between a checkpoint's rename and the pruning of the oldest
+    # (a busy machine makes that window wide) leaves a fourth.
     newest, second, kept = sorted(
         (p for p in (run / "checkpoints").iterdir() if p.name.startswith("v")), reverse=True
-    )
+    )[:3]
     assert 3 <= int(newest.name[1:]) < 8, first_output
     nest_state(newest)
     tensors = second / "tensors.fct"
