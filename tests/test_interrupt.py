@@ -29,6 +29,9 @@ def test_ctrl_c_writes_the_partial_summary_and_plot_and_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell starts background jobs with SIGINT ignored, and a Python started so never
+        # raises KeyboardInterrupt: give the run the default a terminal's foreground job has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None

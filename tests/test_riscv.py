@@ -72,10 +72,13 @@ def userland() -> None:
         pytest.fail(f"scripts/riscv/userland.sh failed:\n{built.stderr[-4000:]}")
 
 
-def _federation(root: Path, *overrides: str) -> tuple[Path, list[str]]:
+def _federation(
+    root: Path, *overrides: str, x86_options: tuple[str, ...] = ()
+) -> tuple[Path, list[str]]:
     """Server, riscv64 client-1 and, once that has joined, x86-64 client-0 (which would
-    otherwise finish an asynchronous run before the emulated client is up), to completion:
-    the run folder and the outputs of riscv64 client, x86 client and server."""
+    otherwise finish an asynchronous run before the emulated client is up; `x86_options` are
+    its extra options), to completion: the run folder and the outputs of riscv64 client, x86
+    client and server."""
     make_certs(root, 2)
     server = start_server(root, *SERVER_ARGS, *overrides)
     port = server_port(server)
@@ -89,7 +92,7 @@ def _federation(root: Path, *overrides: str) -> tuple[Path, list[str]]:
     x86: subprocess.Popen[str] | None = None
     try:
         wait_for(riscv_joined, CLIENT_SECONDS, "the riscv64 client to join")
-        x86 = client(root, port, 0)
+        x86 = client(root, port, 0, *x86_options)
         server_output = server.communicate(timeout=CLIENT_SECONDS)[0]
         outputs = [riscv.communicate(timeout=60)[0], x86.communicate(timeout=60)[0], server_output]
     finally:
@@ -168,13 +171,17 @@ def test_fedcompass_gives_the_slow_riscv64_client_fewer_local_steps(
     """The emulated client's profile (~25x slower per step) is FedCompass's first estimate, so
     in groups with the x86-64 client it gets far fewer than the 100 steps the x86-64 one gets.
     A client that opens a group alone gets Q_max, so the comparison is of steps per task on
-    average over the run, not of every task."""
+    average over the run, not of every task. The x86-64 client sleeps 4 ms a step: a group of
+    its 100 steps then lasts long enough for the emulated client to join it with at least
+    `min_local_steps` even when a busy machine slows emulation further, instead of opening
+    groups of its own (at Q_max) while a bare x86-64 client runs the whole run in a second."""
     run, _ = _federation(
         tmp_path,
         "strategy=fedcompass",
         "strategy.max_local_steps=100",
         "strategy.min_local_steps=5",
         "rounds=30",
+        x86_options=("--slow", "0.004"),
     )
     entries = read_ledger(run / "ledger.jsonl")
     numbers = {e["name"]: e["client"] for e in entries if e["event"] == "join"}
