@@ -97,9 +97,9 @@ class ModelConfig:
 @dataclass
 class EvaluationConfig:
     """When and on what the global model is evaluated: every `every` versions, centrally on
-    at most `test_examples` of the test set (a fixed, seeded sample of a larger one, so that
-    evaluating never costs more than the round it reports on), and by `federated_clients`
-    clients on their hold-outs."""
+    at most `test_examples` of the test set and by `federated_clients` clients on at most
+    `client_examples` of their hold-outs each (fixed, seeded samples of larger sets, so that
+    one evaluation costs a bounded amount however large the data)."""
 
     #: Evaluate every this many model versions (the last one always).
     every: int = 1
@@ -107,6 +107,8 @@ class EvaluationConfig:
     test_examples: int = 10_000
     #: Clients that evaluate each evaluated version on their hold-outs (0: none).
     federated_clients: int = 20
+    #: Each of them scores a fixed seeded sample of at most this many hold-out examples (0: all).
+    client_examples: int = 500
 
     def __post_init__(self) -> None:
         require(self.every >= 1, "every", "must be >= 1", self.every)
@@ -115,6 +117,12 @@ class EvaluationConfig:
         )
         require(
             self.federated_clients >= 0, "federated_clients", "must be >= 0", self.federated_clients
+        )
+        require(
+            self.client_examples >= 0,
+            "client_examples",
+            "must be >= 0 (0: all)",
+            self.client_examples,
         )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcore.server.plots import pyplot
 from fedcore.server.tables import text_table
 
 #: Metrics rows and summaries are the run owner's files, but a report reads many of them:
@@ -180,11 +181,7 @@ def group_table(groups: dict[str, list[Run]], metric: str) -> str:
 
 def plot_runs(runs: list[Run], base: Path, metric: str, path: Path) -> None:
     """Write an overlay plot: `metric` of every run against model version and run time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for run, label in zip(runs, labels(runs, base), strict=True):
         points = [

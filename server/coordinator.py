@@ -24,6 +24,7 @@ import torch
 
 from fedcore.clients.techniques import TaskError
 from fedcore.clients.trainer import expected_payload
+from fedcore.config import EvaluationConfig
 from fedcore.params import ModelLayout
 from fedcore.payloads import DenseDelta
 from fedcore.records import Task, Update, describe
@@ -53,13 +54,20 @@ class Driver(Protocol):
 
 @dataclass
 class FederatedEvaluation:
-    """Which published versions clients evaluate (every `every` versions and the last) and how
-    many clients each (`clients`, drawn from the candidates the driver offers)."""
+    """Which published versions clients evaluate (every `every` versions and the last), how
+    many clients each (`clients`, drawn from the candidates the driver offers) and at most how
+    many hold-out examples each scores (`examples`, 0: all)."""
 
     every: int
     clients: int
     last: int
     seed: int
+    examples: int = 0
+
+    @classmethod
+    def of(cls, config: EvaluationConfig, rounds: int, seed: int) -> FederatedEvaluation:
+        """The plan a run's `evaluation` settings give, for a run of `rounds` versions."""
+        return cls(config.every, config.federated_clients, rounds, seed, config.client_examples)
 
     def due(self, version: int) -> bool:
         """Whether clients evaluate `version`."""
@@ -512,7 +520,14 @@ class Coordinator:
 
     def _send_evaluation(self, client: int) -> None:
         version = self._model.version
-        task = Task(client_id=client, version=version, technique="evaluate", seed=version)
+        assert self.evaluation is not None
+        task = Task(
+            client_id=client,
+            version=version,
+            technique="evaluate",
+            hyper={"max_examples": float(self.evaluation.examples)},
+            seed=version,
+        )
         self.evaluating[client] = task
         self.driver.send(task, self._hold(version))
 

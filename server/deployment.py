@@ -374,11 +374,8 @@ def deploy(
             policy=experiment.config.validation,
             hash_models=True,
             client_speed=driver.client_speed,
-            evaluation=FederatedEvaluation(
-                evaluation.every,
-                evaluation.federated_clients,
-                experiment.config.rounds,
-                experiment.config.seed,
+            evaluation=FederatedEvaluation.of(
+                evaluation, experiment.config.rounds, experiment.config.seed
             ),
             evaluation_candidates=driver.connected_clients,
             spool_dir=spool_dir,

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 from fedcore.config import EvaluationConfig
 from fedcore.data.split import Split
@@ -16,6 +18,29 @@ from fedcore.federation import Federation
 from fedcore.params import ModelLayout
 from fedcore.scoring import score
 from fedcore.strategies.base import GlobalModel
+
+
+class _SkipInitialisers(TorchFunctionMode):
+    """Leaves out the random initialisers a module runs as it is built: on the meta device they
+    have nothing to fill, and torch's meta `normal_` (an embedding's) imports torch._dynamo, which
+    took 3 s of a run's start-up."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _INITIALISERS:
+            tensor = args[0] if args else kwargs["tensor"]
+            if tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+_INITIALISERS = {nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_}
 
 
 class Scorer:
@@ -29,7 +54,7 @@ class Scorer:
     def __init__(
         self, build: Callable[[], nn.Module], layout: ModelLayout, batch_size: int = 1024
     ) -> None:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInitialisers():
             self.module = build().eval()
         self.layout = layout
         self.batch_size = batch_size
@@ -52,11 +77,7 @@ class Evaluator:
 
     def __init__(self, score: Scorer, test: Split, config: EvaluationConfig, seed: int) -> None:
         self.score = score
-        if config.test_examples and config.test_examples < len(test):
-            rng = np.random.default_rng([seed, 7])
-            keep = np.sort(rng.choice(len(test), size=config.test_examples, replace=False))
-            test = test.subset(torch.from_numpy(keep))
-        self.test = test
+        self.test = test.sample(config.test_examples, (seed, 7))
 
     def first_loss(self, model: GlobalModel, examples: int) -> float:
         """`model`'s loss on the first `examples` of the test set: a cheap estimate where only

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend, imported when a plot is first drawn
+    (importing it costs over a second, which a run's start-up should not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def plot_metrics(rows: list[dict[str, Any]], path: Path, title: str, clock: str) -> None:
     """Write a 2x2 PNG: accuracy/loss (rows) against version and the run's `clock` time
     ("simulated" or "wall"; columns)."""
+    plt = pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for col, (x_key, x_label) in enumerate(
         (("version", "model version (round)"), ("time", f"{clock} time [s]"))

@@ -126,9 +126,7 @@ class Simulation:
             policy=config.validation,
             hash_models=config.simulation.hash_models,
             client_speed=lambda client: self.profiles.profile(client).step_seconds,
-            evaluation=FederatedEvaluation(
-                evaluation.every, evaluation.federated_clients, config.rounds, config.seed
-            ),
+            evaluation=FederatedEvaluation.of(evaluation, config.rounds, config.seed),
             evaluation_candidates=lambda: sample,
             spool_dir=spool_dir,
             declared_examples=lambda client: len(self.federation.train_parts[client]),

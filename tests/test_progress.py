@@ -3,7 +3,12 @@ writing to the process's stderr cannot break it."""
 
 import io
 import os
+import pty
+import select
+import signal
+import subprocess
 import sys
+import time
 
 from rich.console import Console
 
@@ -60,3 +65,46 @@ def test_an_empty_stderr_log_is_not_left_behind(tmp_path):
     with ProgressDisplay(3, "run", "rich", stderr_log=log):
         sys.stderr.flush()
     assert not log.exists()
+
+
+def test_shakespeare_shows_a_moving_panel_before_its_first_round_ends(tmp_path):
+    """The preset's first round takes minutes on two cores: the terminal must show the phase
+    and the clients at work, with a clock that moves, long before it ends."""
+    leader, follower = pty.openpty()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedcore.cli",
+            "sim",
+            "+experiment=shakespeare",
+            "rounds=2",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"},
+        start_new_session=True,
+    )
+    os.close(follower)
+    screen = ""
+    seen: dict[str, float] = {}
+    try:
+        while time.monotonic() - started < 300 and not {"0:00:01", "0:00:02"} <= seen.keys():
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                screen += os.read(leader, 65536).decode(errors="replace")
+            for stamp in ("clients training", "0:00:01", "0:00:02"):
+                if stamp in screen and stamp not in seen:
+                    seen[stamp] = time.monotonic() - started
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        os.close(leader)
+    assert "training: 0 updates in, 10 clients training" in screen, screen[-2000:]
+    assert {"0:00:01", "0:00:02"} <= seen.keys(), f"the panel's clock did not move: {seen}"
+    assert "1/2" not in screen, "the first round ended before the panel was checked"
+    print(f"panel up {seen['clients training']:.1f} s after start")

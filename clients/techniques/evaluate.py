@@ -1,5 +1,6 @@
 """Federated evaluation: a client scores the received model on its own hold-out (its partition's,
-or a share of its `--data`) and returns loss, accuracy and example count, no payload."""
+or a share of its `--data`), or a fixed sample of a large one, and returns loss, accuracy and
+example count, no payload."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ FORWARD_SHARE = 1 / 3
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Examples per forward batch."""
+    """Examples per forward batch, and at most how many hold-out examples are scored (a sample
+    fixed per client, so that its curve stays comparable across versions; 0: all)."""
 
     batch_size: int = 1024
+    max_examples: int = 0
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        require(self.max_examples >= 0, "max_examples", "must be >= 0", self.max_examples)
 
 
 @register
@@ -56,7 +60,8 @@ class Evaluate(Technique[EvaluateParams]):
         bound = trainer.bound
         bound.load(model[0].to(bound.params.device), model[1].to(bound.params.device))
         bound.module.eval()
-        result = score(bound.module, data, bound.params.device, params.batch_size)
+        scored = data.sample(params.max_examples, (task.client_id, 9))
+        result = score(bound.module, scored, bound.params.device, params.batch_size)
         elapsed = time.perf_counter() - started
         return Update(
             client_id=task.client_id,
@@ -69,5 +74,7 @@ class Evaluate(Technique[EvaluateParams]):
         )
 
     def passes(self, task: Task, params: EvaluateParams, num_examples: int) -> float:
-        """Forward passes only, over the hold-out in training-sized batches of 32."""
+        """Forward passes only, over the scored examples in training-sized batches of 32."""
+        if params.max_examples:
+            num_examples = min(num_examples, params.max_examples)
         return FORWARD_SHARE * math.ceil(num_examples / 32)

@@ -56,3 +56,11 @@ class Split:
     def subset(self, idx: ExampleIds) -> "Split":
         """A Split of just these example numbers, sharing this one's storage."""
         return Split(self.x, self.y, self._rows(idx))
+
+    def sample(self, count: int, seed: Sequence[int]) -> "Split":
+        """A fixed sample of at most `count` examples drawn by `seed`, in example order (the
+        whole split when `count` is 0 or not smaller): evaluation on it costs a bounded amount."""
+        if not count or count >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(list(seed)).choice(len(self), count, replace=False))
+        return self.subset(torch.from_numpy(keep))
