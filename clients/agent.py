@@ -16,7 +16,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +99,10 @@ class ClientAgent:
         device: ClientDevice | None = None,
         data: str = "",
         state: Path | None = None,
+        own_transforms: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        """`state` names the file that keeps the techniques' client state across restarts."""
+        """`state` names the file that keeps the techniques' client state across restarts;
+        `own_transforms` are this client's own transform settings (its local DP floor)."""
         self.settings = settings
         self.config = config
         self.step_delay = step_delay
@@ -112,7 +114,9 @@ class ClientAgent:
         #: Peak RSS before the model exists: the interpreter, the libraries and the data.
         self.rss_before_model = peak_rss_bytes()
         self.trainer = LocalTrainer(
-            model_builder(config, self.federation.dataset), device=self.device.device
+            model_builder(config, self.federation.dataset),
+            device=self.device.device,
+            own_transforms=own_transforms,
         )
         self.state_path = state
         if state is not None and state.exists():

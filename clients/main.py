@@ -43,6 +43,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _local_dp(text: str) -> dict[str, float]:
+    """`--local-dp MAX_NORM,NOISE_MULTIPLIER` as the `ldp` transform's options."""
+    try:
+        max_norm, multiplier = (float(part) for part in text.split(","))
+    except ValueError:
+        max_norm = multiplier = math.nan
+    if not (math.isfinite(max_norm) and max_norm > 0 and math.isfinite(multiplier)) or (
+        multiplier <= 0
+    ):
+        raise argparse.ArgumentTypeError(
+            f"want MAX_NORM,NOISE_MULTIPLIER, both finite and > 0, got {text!r}"
+        )
+    return {"max_norm": max_norm, "noise_multiplier": multiplier}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedcore client")
     parser.add_argument("--server", required=True, help="HOST:PORT of fedcore server")
@@ -77,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
         "(0: keep trying)",
     )
     parser.add_argument(
+        "--local-dp",
+        type=_local_dp,
+        default=None,
+        metavar="MAX_NORM,NOISE_MULTIPLIER",
+        help="this client's own local DP floor: every update is clipped to at most MAX_NORM and "
+        "noised with at least NOISE_MULTIPLIER, whatever the server asks (docs/privacy.md)",
+    )
+    parser.add_argument(
         "--slow",
         type=_seconds,
         default=0.0,
@@ -109,7 +132,13 @@ def _run(args: argparse.Namespace) -> int:
             args.server, args.id, args.certs, args.server_name, give_up=args.give_up
         )
         agent = ClientAgent(
-            settings, config, step_delay=args.slow, device=device, data=args.data, state=args.state
+            settings,
+            config,
+            step_delay=args.slow,
+            device=device,
+            data=args.data,
+            state=args.state,
+            own_transforms={"ldp": args.local_dp} if args.local_dp else None,
         )
         accepted = agent.run()
     except (

@@ -20,7 +20,7 @@ from torch import nn
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
 from fedcore.records import Task, Update, delta_update
-from fedcore.typed_config import require
+from fedcore.typed_config import require, require_positive
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: adjust(grad, params, start): add a technique's term to the flat gradient in place.
@@ -38,7 +38,7 @@ class SGDParams:
     epochs: float = 0.0
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0", self.lr)
+        require_positive("lr", self.lr)
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)

@@ -4,17 +4,42 @@ clients, deployed clients and anything else that hosts fedcore's client half."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fedcore.clients.techniques import TaskError, Technique, technique_type
-from fedcore.clients.transforms import transform_type
+from fedcore.clients.transforms import TransformContext, transform_type
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
-from fedcore.records import DOWNLOADS, MASK, Task, Update
+from fedcore.records import DOWNLOADS, MASK, Task, TransformSpec, Update
+
+#: The seed of a task's private randomness (what a transform's noise is drawn from).
+PrivateSeed = Callable[[Task], int]
+
+#: Separates the simulation's private streams from every other stream keyed by the run seed.
+_PRIVATE_STREAM = 0x5052_4956
+
+
+def fresh_entropy(task: Task) -> int:
+    """A deployed client's private randomness: 63 bits of the operating system's entropy per
+    task, so nothing the server knows or sends decides the noise."""
+    return secrets.randbits(63)
+
+
+def keyed_by_run(run_seed: int) -> PrivateSeed:
+    """A simulation's private randomness: a stream of its own keyed by the run seed, the client
+    and the task, so that seeded runs repeat bit for bit."""
+
+    def seed(task: Task) -> int:
+        key = [run_seed, _PRIVATE_STREAM, task.client_id, task.version, task.seed]
+        return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+    return seed
 
 
 def expected_payload(task: Task) -> str:
@@ -47,6 +72,11 @@ def expected_payload(task: Task) -> str:
     return kind
 
 
+def private_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed`."""
+    return torch.Generator().manual_seed(seed)
+
+
 class LocalTrainer:
     """One client's model instance (flat-bound, reused across tasks) and its techniques, each
     created on first use and kept, so a technique's client state lives as long as the client."""
@@ -56,8 +86,20 @@ class LocalTrainer:
         build: Callable[[], nn.Module],
         device: torch.device | str = "cpu",
         eval_batch_size: int = 1024,
+        private_seed: PrivateSeed = fresh_entropy,
+        own_transforms: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        """`own_transforms` are the client's own settings by transform name: each tightens the
+        task's transform of that name, and is applied after the task's when the task lacks it."""
         self.device = torch.device(device)
+        self.private_seed = private_seed
+        self.own_transforms = {
+            name: TransformSpec(name, dict(options))
+            for name, options in (own_transforms or {}).items()
+        }
+        for spec in self.own_transforms.values():
+            transform = transform_type(spec.name)()
+            transform.tighten(transform.decode(spec), transform.decode(spec))
         self.bound = BoundModule(build().to(self.device))
         self.eval_batch_size = eval_batch_size
         self._momentum: torch.Tensor | None = None
@@ -89,10 +131,20 @@ class LocalTrainer:
         technique = self.technique(task.technique)
         typed = technique.decode(task)
         update = technique.run(self, task, typed, (params, buffers), data, reuse_params)
-        numel = self.bound.layout.params.numel
-        for spec in task.transforms:
+        if update.payload is None:
+            return update
+        context = TransformContext(
+            self.bound.layout.params.numel, lambda: private_generator(self.private_seed(task))
+        )
+        asked = {spec.name for spec in task.transforms}
+        own_only = [spec for name, spec in self.own_transforms.items() if name not in asked]
+        for spec in (*task.transforms, *own_only):
             transform = transform_type(spec.name)()
-            update = transform.apply(update, transform.decode(spec), numel)
+            options = transform.decode(spec)
+            own = self.own_transforms.get(spec.name)
+            if own is not None:
+                options = transform.tighten(options, transform.decode(own))
+            update = transform.apply(update, options, context)
         return update
 
     def passes(self, task: Task, num_examples: int) -> float:

@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedcore.privacy import analytic_gaussian_sigma
 from fedcore.profiles import ProfileConfig
 from fedcore.records import Task, TransformSpec
 from fedcore.serialization import DEFAULT_CHUNK_BYTES
-from fedcore.typed_config import require
+from fedcore.typed_config import require, require_positive
 
 
 @dataclass
@@ -127,6 +128,62 @@ class EvaluationConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy (docs/privacy.md). `local`: every client clips its delta to
+    `max_norm` and adds Gaussian noise before upload (the `ldp` transform, added after the
+    configured ones), so each upload is private against the server itself; the unit is one
+    client's update, and a client's ε composes over the uploads it made."""
+
+    #: none, or local (noise on each client's update before it leaves the client).
+    mode: Literal["none", "local"] = "none"
+    #: L2 bound C on a client's delta; local noise std is noise_multiplier * 2C.
+    max_norm: float = 1.0
+    #: Noise std over the sensitivity (0: calibrated from `epsilon` instead).
+    noise_multiplier: float = 0.0
+    #: Target ε of one upload at `delta` when noise_multiplier is 0 (the analytic Gaussian
+    #: mechanism, exact for every ε).
+    epsilon: float = 0.0
+    #: The δ every ε is stated at; must be below 1 / num_clients.
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        require_positive("max_norm", self.max_norm)
+        require(0 < self.delta < 1, "delta", "must be in (0, 1)", self.delta)
+        require(
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
+            "noise_multiplier",
+            "must be finite and >= 0",
+            self.noise_multiplier,
+        )
+        require(
+            math.isfinite(self.epsilon) and self.epsilon >= 0,
+            "epsilon",
+            "must be finite and >= 0",
+            self.epsilon,
+        )
+        if self.mode == "none":
+            return
+        require(
+            (self.noise_multiplier > 0) != (self.epsilon > 0),
+            "noise_multiplier",
+            "set exactly one of noise_multiplier > 0 (sigma = noise_multiplier * sensitivity) "
+            "and epsilon > 0 (a per-upload target); sigma <= 0 is no privacy",
+            self.noise_multiplier,
+        )
+
+    def multiplier(self) -> float:
+        """The noise multiplier z in force: as set, or the analytic Gaussian mechanism's for
+        one (`epsilon`, `delta`) release."""
+        if self.noise_multiplier > 0:
+            return self.noise_multiplier
+        return analytic_gaussian_sigma(self.epsilon, self.delta)
+
+    def transform(self) -> dict[str, Any]:
+        """The `ldp` transform that `local` mode adds after the configured ones."""
+        return {"name": "ldp", "max_norm": self.max_norm, "noise_multiplier": self.multiplier()}
+
+
+@dataclass
 class DivergenceConfig:
     """When a run counts as diverged and stops (`server/divergence.py`)."""
 
@@ -212,7 +269,7 @@ class TrainingConfig:
         require(self.local_steps >= 1, "local_steps", "must be >= 1", self.local_steps)
         require(self.local_epochs >= 0, "local_epochs", "must be >= 0", self.local_epochs)
         require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
-        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0", self.lr)
+        require_positive("lr", self.lr)
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         for index, spec in enumerate(self.transforms):
@@ -356,24 +413,9 @@ class DeploymentConfig:
         require(self.checkpoint_keep >= 1, "checkpoint_keep", "must be >= 1", self.checkpoint_keep)
         require(self.spool_bytes >= 0, "spool_bytes", "must be >= 0 (0: never)", self.spool_bytes)
         require(self.memory_uploads >= 0, "memory_uploads", "must be >= 0", self.memory_uploads)
-        require(
-            math.isfinite(self.upload_timeout) and self.upload_timeout > 0,
-            "upload_timeout",
-            "must be finite and > 0 seconds",
-            self.upload_timeout,
-        )
-        require(
-            math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0,
-            "handshake_timeout",
-            "must be finite and > 0 seconds",
-            self.handshake_timeout,
-        )
-        require(
-            math.isfinite(self.task_timeout) and self.task_timeout > 0,
-            "task_timeout",
-            "must be finite and > 0 seconds",
-            self.task_timeout,
-        )
+        require_positive("upload_timeout", self.upload_timeout, " seconds")
+        require_positive("handshake_timeout", self.handshake_timeout, " seconds")
+        require_positive("task_timeout", self.task_timeout, " seconds")
         require(
             self.gone_timeout >= 0,
             "gone_timeout",
@@ -451,6 +493,7 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     validation: ValidationPolicy = field(default_factory=ValidationPolicy)
@@ -478,3 +521,31 @@ class ExperimentConfig:
             f"must be <= num_clients ({self.num_clients})",
             self.clients_per_round,
         )
+        if self.privacy.mode == "local":
+            self._add_local_privacy()
+
+    def _add_local_privacy(self) -> None:
+        """Check what local DP needs and append its transform, which must see the final delta."""
+        require(
+            self.privacy.delta < 1 / self.num_clients,
+            "privacy.delta",
+            f"must be below 1 / num_clients ({1 / self.num_clients:.3g}): a larger delta allows "
+            "a mechanism that reveals some client's update outright",
+            self.privacy.delta,
+        )
+        require(
+            self.evaluation.federated_clients == 0,
+            "evaluation.federated_clients",
+            "must be 0 under privacy.mode=local: clients would send the loss and accuracy on "
+            "their hold-outs unnoised",
+            self.evaluation.federated_clients,
+        )
+        for index, spec in enumerate(self.training.transforms):
+            require(
+                spec["name"] not in ("ldp", "topk"),
+                f"training.transforms[{index}].name",
+                "cannot come before privacy.mode=local's noise ('ldp' is added by it; 'topk' "
+                "would choose the positions sent from the unnoised delta, which are not private)",
+                spec["name"],
+            )
+        self.training.transforms.append(self.privacy.transform())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 from collections.abc import Iterable
@@ -127,3 +128,8 @@ def require(condition: bool, field: str, rule: str, value: Any) -> None:
     """Raise `ValueError("field: rule, got value")` unless condition holds (for __post_init__)."""
     if not condition:
         raise ValueError(f"{field}: {rule}, got {value!r}")
+
+
+def require_positive(field: str, value: float, note: str = "") -> None:
+    """`require` that `value` is finite and > 0 (`note` follows the rule in the message)."""
+    require(math.isfinite(value) and value > 0, field, f"must be finite and > 0{note}", value)

@@ -30,6 +30,7 @@ from fedcore.payloads import DenseDelta
 from fedcore.records import Task, Update, describe
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, chunk_digests
 from fedcore.server.ledger import Ledger
+from fedcore.server.privacy_accounting import LocalDPAccountant
 from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 from fedcore.wire import spooled
@@ -135,8 +136,11 @@ class Coordinator:
         spool_dir: Path | None = None,
         declared_examples: Callable[[int], int] | None = None,
         keep_in_memory_bytes: int = 0,
+        privacy: LocalDPAccountant | None = None,
     ) -> None:
+        """`privacy` counts each client's uploads under local DP (their ε joins the ledger)."""
         self.strategy = strategy
+        self.privacy = privacy
         self.spool_dir = spool_dir
         #: Held arrivals' large vectors stay in memory while they total at most this (`keep`).
         self.keep_in_memory_bytes = keep_in_memory_bytes
@@ -358,6 +362,8 @@ class Coordinator:
         client = update.client_id
         task = self.outstanding.get(client)
         entry = describe(update)
+        if self.privacy is not None:
+            entry["epsilon"] = self.privacy.released(client)
         if task is None:
             reason = "no outstanding task for this client (duplicate or unsolicited update)"
             self.ledger.record("rejected", reason=reason, **entry)

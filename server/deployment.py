@@ -32,7 +32,8 @@ from fedcore.server.checkpoints import (
 from fedcore.server.coordinator import Coordinator, FederatedEvaluation, Publication
 from fedcore.server.disk import DiskFault
 from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
-from fedcore.server.ledger import Ledger
+from fedcore.server.ledger import Ledger, read_ledger
+from fedcore.server.privacy_accounting import local_dp_accountant
 from fedcore.server.registry import Parked, Registry, log
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.server.service import CoordinatorService
@@ -382,6 +383,7 @@ def deploy(
             declared_examples=driver.declared_examples,
             keep_in_memory_bytes=config.memory_uploads
             * (experiment.layout.params.nbytes + experiment.layout.buffers.nbytes),
+            privacy=local_dp_accountant(experiment.config),
         )
         driver.coordinator = coordinator
         service = CoordinatorService(
@@ -398,6 +400,8 @@ def deploy(
             service.bytes_down, service.bytes_up = state.traffic
             registry.restore(state.registry)
             coordinator.restore(state.model, state.strategy, state.timers)
+        if coordinator.privacy is not None and ledger.path is not None and ledger.path.exists():
+            coordinator.privacy.rebuild(read_ledger(ledger.path))
         report = RunReport(
             experiment,
             config_data,

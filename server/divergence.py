@@ -25,9 +25,21 @@ class DivergenceGuard:
         self.stop = stop
         self.tripped = False
         training, server = config.training, config.strategy.get("server_step", {})
+        self.cause = "a learning rate too high is the usual cause"
         self.advice = f"lower training.lr (now {training.lr:g})"
         if server.get("lr", 1.0) != 1.0:
             self.advice += f" or strategy.server_step.lr (now {server['lr']:g})"
+        privacy = config.privacy
+        if privacy.mode == "local":
+            sigma = privacy.multiplier() * 2 * privacy.max_norm
+            self.cause = (
+                f"local DP noise of std {sigma:.3g} on every coordinate of each update is the "
+                "likely cause"
+            )
+            self.advice = (
+                "more clients per round, a larger privacy.epsilon or a smaller "
+                f"privacy.max_norm (now {privacy.max_norm:g}) with a lower training.lr"
+            )
 
     def check(self, version: int, name: str, loss: float | None) -> None:
         """Look at `loss` (the `name` of version `version`; None: none was measured)."""
@@ -43,7 +55,6 @@ class DivergenceGuard:
             else "not finite"
         )
         self.stop(
-            f"{DIVERGED} at model version {version}: {name} is {what}; a learning rate too "
-            f"high is the usual cause: {self.advice} (divergence.loss_factor=0 turns this "
-            "check off)"
+            f"{DIVERGED} at model version {version}: {name} is {what}; {self.cause}: "
+            f"{self.advice} (divergence.loss_factor=0 turns this check off)"
         )

@@ -16,6 +16,7 @@ from fedcore.clients.plugins import load_plugins
 from fedcore.config import ExperimentConfig
 from fedcore.federation import Federation, make_federation, model_builder, server_data
 from fedcore.params import ModelLayout, module_vectors
+from fedcore.privacy import noise_norm_bound
 from fedcore.strategies.base import GlobalModel, ServerResources, Strategy
 from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
@@ -79,6 +80,28 @@ def checked_layout(
     return ModelLayout.of(module)
 
 
+def check_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:
+    """What local DP needs of the model and of validation: no buffers (they would travel
+    unnoised), and a delta norm bound that an honest noised update stays under."""
+    privacy = config.privacy
+    if privacy.mode != "local":
+        return
+    if layout.buffers.numel:
+        raise ConfigError(
+            f"privacy.mode: local cannot protect model {config.model.name}'s buffers "
+            f"({layout.buffers.numel} values, e.g. BatchNorm statistics), which travel unnoised"
+        )
+    bound = config.validation.max_delta_norm
+    sigma = privacy.multiplier() * 2 * privacy.max_norm
+    honest = privacy.max_norm + noise_norm_bound(sigma, layout.params.numel)
+    if bound and bound < honest:
+        raise ConfigError(
+            f"validation.max_delta_norm: {bound} would refuse honest updates under "
+            f"privacy.mode=local: clipped to {privacy.max_norm} with noise of std {sigma:.4g} "
+            f"over {layout.params.numel} parameters, their norm reaches {honest:.4g}"
+        )
+
+
 def make_experiment(data: dict[str, Any]) -> Experiment:
     """Build an experiment from a composed config dict (validates first, loads data second).
     This process's torch threads are set to the config's before any tensor work, so that a
@@ -89,6 +112,7 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     builder = model_builder(config, federation.dataset)
     sample = federation.dataset.train.x[:1]
     layout = checked_layout(builder, sample, config.model.name)
+    check_privacy(config, layout)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
     return Experiment(config, federation, builder, layout, strategy)

@@ -216,6 +216,8 @@ class ProgressDisplay:
                 f"{k}={_fmt(row.get(k))}" for k in ("test_accuracy", "test_loss", "fed_accuracy")
             ]
             parts.append(f"moved={_human_bytes(row['bytes_down'] + row['bytes_up'])}")
+            if "epsilon" in row:
+                parts.append(f"epsilon={row['epsilon']:.4g}")
             if row.get("refused"):
                 parts.append(f"refused={row['refused']}")
             self._say("  ".join(parts))
@@ -228,6 +230,8 @@ class ProgressDisplay:
         columns = ["version", self.clock_label, "test acc", "test loss", "fed acc", "train loss"]
         columns.append("moved")
         row = self._last
+        if "epsilon" in row:
+            columns.append("max ε")
         if "refused" in row:
             columns.append("refused")
         for column in columns:
@@ -242,6 +246,8 @@ class ProgressDisplay:
                 _fmt(row.get("train_loss")),
                 _human_bytes(row["bytes_down"] + row["bytes_up"]),
             ]
+            if "epsilon" in row:
+                cells.append(f"{row['epsilon']:.4g}")
             if "refused" in row:
                 cells.append(str(row["refused"]))
             stats.add_row(*cells)

@@ -19,6 +19,7 @@ from fedcore.server.divergence import DivergenceGuard
 from fedcore.server.evaluation import Evaluator, Scorer
 from fedcore.server.experiment import Experiment
 from fedcore.server.ledger import Ledger
+from fedcore.server.privacy_accounting import LocalDPAccountant
 from fedcore.server.progress import Activity, ProgressDisplay
 from fedcore.server.rundir import RunDirectory
 from fedcore.server.tensorboard_log import TensorBoardLog
@@ -115,6 +116,8 @@ class RunReport:
         self.tensorboard = (
             TensorBoardLog(run_path) if run_path is not None and config.output.tensorboard else None
         )
+        #: The account of clients' privacy loss, when the run keeps one (`follow` sets it).
+        self.privacy: LocalDPAccountant | None = None
         #: Rows not yet written, in version order: (row, whether clients are still evaluating).
         self._pending: list[tuple[dict[str, Any], bool]] = []
 
@@ -134,6 +137,7 @@ class RunReport:
         """Show what `coordinator` is doing on the panel, and record its publications."""
         coordinator.listeners.append(self.record)
         coordinator.evaluation_listeners.append(self.federated)
+        self.privacy = coordinator.privacy
         self.progress.activity = lambda: Activity(
             coordinator.phase,
             coordinator.accepted_since_publish,
@@ -160,6 +164,8 @@ class RunReport:
             "accepted": publication.accepted,
             **self.counters(),
         }
+        if self.privacy is not None:
+            row["epsilon"] = self.privacy.worst()
         with self.progress.phase_of("evaluating"):
             row.update(self.evaluator(publication.model))
         if self.guard is not None:
@@ -197,6 +203,7 @@ class RunReport:
             **self.counters(),
             "final": self.rows[-1] if self.rows else {},
             "ledger": dict(ledger.counts),
+            **({"privacy": self.privacy.summary()} if self.privacy is not None else {}),
             "model_sha256": model_digest(final),
             "peak_rss_bytes": peak_rss_bytes(),
             "threads": torch.get_num_threads(),

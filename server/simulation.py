@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fedcore.clients.techniques import technique_type
-from fedcore.clients.trainer import LocalTrainer
+from fedcore.clients.trainer import LocalTrainer, keyed_by_run
 from fedcore.config import ExperimentConfig
 from fedcore.data.split import Split
 from fedcore.federation import Federation, make_federation, model_builder
@@ -47,6 +47,7 @@ from fedcore.server.experiment import (
     parse_experiment,
 )
 from fedcore.server.ledger import Ledger
+from fedcore.server.privacy_accounting import local_dp_accountant
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
@@ -112,7 +113,7 @@ class Simulation:
         config = experiment.config
         self.federation = experiment.federation
         self.profiles = ProfileSampler(config.client_profiles, config.seed)
-        self.trainer = LocalTrainer(experiment.build_model)
+        self.trainer = LocalTrainer(experiment.build_model, private_seed=keyed_by_run(config.seed))
         evaluation = config.evaluation
         sample = evaluation_sample(self.federation, evaluation, config.seed)
         self.coordinator = Coordinator(
@@ -130,6 +131,7 @@ class Simulation:
             evaluation_candidates=lambda: sample,
             spool_dir=spool_dir,
             declared_examples=lambda client: len(self.federation.train_parts[client]),
+            privacy=local_dp_accountant(config),
         )
         self._clock = 0.0
         self._events: list[Event] = []
@@ -215,7 +217,11 @@ class Simulation:
         no thread pool is inherited half-made; spawned, each loading the data, otherwise."""
         if self.experiment.config.threads == 1 and sys.platform == "linux":
             _WORKER.update(
-                federation=self.federation, trainer=LocalTrainer(self.experiment.build_model)
+                federation=self.federation,
+                trainer=LocalTrainer(
+                    self.experiment.build_model,
+                    private_seed=keyed_by_run(self.experiment.config.seed),
+                ),
             )
             pool = ProcessPoolExecutor(
                 self.workers, mp_context=get_context("fork"), initializer=_leave_interrupts
@@ -386,7 +392,9 @@ def _init_worker(config_data: dict[str, Any]) -> None:
     torch.set_num_threads(config.threads)
     federation = make_federation(config)
     _WORKER["federation"] = federation
-    _WORKER["trainer"] = LocalTrainer(model_builder(config, federation.dataset))
+    _WORKER["trainer"] = LocalTrainer(
+        model_builder(config, federation.dataset), private_seed=keyed_by_run(config.seed)
+    )
 
 
 def _run_in_worker(task: Task, params: torch.Tensor, buffers: torch.Tensor) -> Update:

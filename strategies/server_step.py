@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from fedcore.typed_config import require
+from fedcore.typed_config import require, require_positive
 
 StepName = Literal["plain", "momentum", "adam", "yogi", "adagrad"]
 
@@ -46,7 +46,7 @@ class ServerStepConfig:
     tau: float = 1e-3
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0", self.lr)
+        require_positive("lr", self.lr)
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         require(0 <= self.beta1 < 1, "beta1", "must be in [0, 1)", self.beta1)
         require(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)", self.beta2)

@@ -52,6 +52,18 @@ def fedcore(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 PLUGIN_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
+#: A two-client federation on synthetic data, listening on a free port (tests add rounds=N).
+TWO_CLIENTS = (
+    "dataset=synthetic",
+    "model=mlp",
+    "num_clients=2",
+    "clients_per_round=2",
+    "training.local_steps=3",
+    "output.progress=off",
+    "deployment.address=127.0.0.1:0",
+)
+
+
 def start_server(
     root: Path, *overrides: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

@@ -9,6 +9,7 @@ import pytest
 
 from fedcore.server.ledger import read_ledger
 from tests.processes import (
+    TWO_CLIENTS,
     client,
     client_args,
     finish_federation,
@@ -28,14 +29,8 @@ def test_client_on_the_old_stack_trains_with_a_current_client(
     make_certs(tmp_path, 2)
     server = start_server(
         tmp_path,
-        "dataset=synthetic",
-        "model=mlp",
-        "num_clients=2",
-        "clients_per_round=2",
+        *TWO_CLIENTS,
         "rounds=3",
-        "training.local_steps=3",
-        "output.progress=off",
-        "deployment.address=127.0.0.1:0",
     )
     port = server_port(server)
     old_stack = spawn(

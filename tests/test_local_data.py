@@ -11,7 +11,14 @@ from fedcore.clients.local_data import load_local_data
 from fedcore.data import load_dataset
 from fedcore.server.ledger import read_ledger
 from fedcore.typed_config import ConfigError
-from tests.processes import client, finish_federation, make_certs, server_port, start_server
+from tests.processes import (
+    TWO_CLIENTS,
+    client,
+    finish_federation,
+    make_certs,
+    server_port,
+    start_server,
+)
 from tests.user_data_hook import points
 
 DATASET = load_dataset("synthetic")
@@ -58,14 +65,8 @@ def test_a_client_trains_on_its_own_data_in_a_deployment(tmp_path: Path) -> None
     np.savez(tmp_path / "mine.npz", x=x, y=y)
     server = start_server(
         tmp_path,
-        "dataset=synthetic",
-        "model=mlp",
-        "num_clients=2",
-        "clients_per_round=2",
+        *TWO_CLIENTS,
         "rounds=2",
-        "training.local_steps=3",
-        "output.progress=off",
-        "deployment.address=127.0.0.1:0",
     )
     port = server_port(server)
     clients = [

@@ -14,6 +14,7 @@ import torch
 
 from fedcore.clients.techniques import TaskError
 from fedcore.clients.trainer import LocalTrainer, expected_payload
+from fedcore.clients.transforms import TransformContext
 from fedcore.clients.transforms.clip import Clip, ClipOptions
 from fedcore.clients.transforms.topk import TopK, TopKOptions
 from fedcore.data import load_dataset
@@ -25,6 +26,11 @@ from fedcore.typed_config import ConfigError
 from tests.conftest import FAST, composed
 
 SGD = {"lr": 0.1, "batch_size": 8.0}
+
+
+def _sized(numel: int) -> TransformContext:
+    """A transform's context for a model of `numel` parameters (no transform here draws noise)."""
+    return TransformContext(numel, torch.Generator)
 
 
 @pytest.mark.parametrize(
@@ -135,11 +141,14 @@ def test_clip_bounds_the_norm_and_leaves_small_and_zero_deltas_alone():
     clip, options = Clip(), ClipOptions(max_norm=1.0)
     big = torch.randn(10_000, generator=torch.Generator().manual_seed(1))
     big *= 100 / big.norm()
-    clipped = clip.apply(_update(DenseDelta(big)), options, big.numel()).payload.values
+    clipped = clip.apply(_update(DenseDelta(big)), options, _sized(big.numel())).payload.values
     assert clipped.norm() <= 1.0 * (1 + 1e-6)
     assert torch.allclose(clipped * 100, big, rtol=1e-5), "direction kept"
     small = big * (0.5 / big.norm())
-    assert clip.apply(_update(DenseDelta(small)), options, small.numel()).payload.values is small
+    assert (
+        clip.apply(_update(DenseDelta(small)), options, _sized(small.numel())).payload.values
+        is small
+    )
     zero = torch.zeros(10)
     assert torch.equal(clip.apply(_update(DenseDelta(zero)), options, 10).payload.values, zero)
     sparse = SparseDelta(torch.tensor([30.0, 40.0]), indices=torch.tensor([1, 5]))
@@ -150,7 +159,7 @@ def test_clip_bounds_the_norm_and_leaves_small_and_zero_deltas_alone():
 @pytest.mark.parametrize(("fraction", "encoding"), [(0.1, "mask"), (0.01, "indices")])
 def test_topk_keeps_the_largest_entries_in_the_smaller_encoding(fraction, encoding):
     values = torch.randn(1000, generator=torch.Generator().manual_seed(2))
-    out = TopK().apply(_update(DenseDelta(values)), TopKOptions(fraction), 1000).payload
+    out = TopK().apply(_update(DenseDelta(values)), TopKOptions(fraction), _sized(1000)).payload
     assert isinstance(out, SparseDelta)
     keep = int(fraction * 1000)
     assert (out.mask is not None) == (encoding == "mask") and out.count == keep

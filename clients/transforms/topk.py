@@ -11,7 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedcore.clients.transforms.base import UpdateTransform, register_transform
+from fedcore.clients.transforms.base import (
+    TransformContext,
+    UpdateTransform,
+    register_transform,
+)
 from fedcore.payloads import DenseDelta, SparseDelta
 from fedcore.records import Update
 from fedcore.typed_config import require
@@ -39,12 +43,13 @@ class TopK(UpdateTransform[TopKOptions]):
         """Always a sparse payload."""
         return "sparse"
 
-    def apply(self, update: Update, options: TopKOptions, numel: int) -> Update:
+    def apply(self, update: Update, options: TopKOptions, context: TransformContext) -> Update:
         """The k largest-magnitude entries, by ascending position."""
         payload = update.payload
         if not isinstance(payload, DenseDelta):
             raise TypeError(f"topk takes a dense payload, not {type(payload).__name__}")
         values = payload.values
+        numel = context.numel
         keep = max(1, math.ceil(options.fraction * numel))
         order = torch.argsort(values.abs(), descending=True, stable=True)
         positions = torch.sort(order[:keep]).values
