@@ -110,11 +110,26 @@ def presets_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def dp_sgd_rows(result: dict[str, Any]) -> list[Row]:
+    """Ghost clipping's step against a plain one."""
+    ratio = result["ratio_to_plain"]["ghost"]
+    return [
+        [
+            "dp_sgd",
+            "ghost-clipping step / plain step, default MLP",
+            f"{ratio:.2f}x",
+            f"<= {result['target_ratio']}x",
+            verdict(result["passed"]),
+        ]
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "aggregation": aggregation_rows,
     "simulation_overhead": simulation_rows,
     "presets": presets_rows,
     "memory": memory_rows,
+    "dp_sgd": dp_sgd_rows,
 }
 
 

@@ -71,6 +71,26 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, labels)
 
 
+def begin(bound: BoundModule, model: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Load the task's model into `bound`; the starting parameters, on its device, kept apart
+    from the ones training changes."""
+    device = bound.params.device
+    start = model[0].to(device)  # published models are never modified: no copy needed
+    if start.data_ptr() == bound.params.data_ptr():
+        start = start.clone()
+    bound.load(start, model[1].to(device))
+    return start
+
+
+def momentum_buffers(
+    bound: BoundModule, params: SGDParams, velocity: Callable[[], torch.Tensor]
+) -> list[torch.Tensor] | None:
+    """Per-layer views of a zeroed momentum buffer (None without momentum)."""
+    if not params.momentum:
+        return None
+    return list(bound.layout.params.unflatten(velocity()).values())
+
+
 def run_sgd(
     bound: BoundModule,
     velocity: Callable[[], torch.Tensor],
@@ -85,18 +105,12 @@ def run_sgd(
 ) -> Update:
     """Local SGD from `model` on `data`; the Update holds the delta and the mean train loss.
     `velocity()` gives a zeroed momentum buffer (asked for only when momentum is on)."""
-    if len(data) == 0:
-        raise ValueError(f"client {task.client_id} has no training examples")
+    require_examples(task, data)
     started = time.perf_counter()
     device = bound.params.device
-    start = model[0].to(device)  # published models are never modified: no copy needed
-    if start.data_ptr() == bound.params.data_ptr():
-        start = start.clone()
-    bound.load(start, model[1].to(device))
+    start = begin(bound, model)
     batches = task_batches(task, params, len(data))
-    moving = None
-    if params.momentum:
-        moving = list(bound.layout.params.unflatten(velocity()).values())
+    moving = momentum_buffers(bound, params, velocity)
     bound.module.train()
     loss_sum = torch.zeros((), device=device)
     for indices in batches:
@@ -105,22 +119,46 @@ def run_sgd(
         value = loss(bound.module(x.to(device)), y.to(device))
         value.backward()
         loss_sum += value.detach()
-        _step(bound, params, moving, adjust, start)
+        sgd_step(bound, params, moving, adjust, start)
     bound.fresh_grads()  # the last step's gradients are not kept past the task
+    metrics = {"train_loss": float(loss_sum) / max(1, len(batches))}
+    return trained_update(
+        task, bound, start, len(data), len(batches), started, metrics, reuse_model
+    )
+
+
+def require_examples(task: Task, data: Split) -> None:
+    """Training needs examples: a client without any is told so."""
+    if len(data) == 0:
+        raise ValueError(f"client {task.client_id} has no training examples")
+
+
+def trained_update(
+    task: Task,
+    bound: BoundModule,
+    start: torch.Tensor,
+    examples: int,
+    steps: int,
+    started: float,
+    metrics: dict[str, float],
+    reuse_start: bool,
+) -> Update:
+    """The update of a training task that began at `started` (perf_counter) from `start`:
+    the delta to `bound`'s weights, its buffers, and what it did."""
     return delta_update(
         task,
         start,
         bound.params,
         bound.read_buffers(),
-        num_examples=len(data),
-        steps=len(batches),
+        num_examples=examples,
+        steps=steps,
         seconds=time.perf_counter() - started,
-        metrics={"train_loss": float(loss_sum) / max(1, len(batches))},
-        reuse_start=reuse_model,
+        metrics=metrics,
+        reuse_start=reuse_start,
     )
 
 
-def _step(
+def sgd_step(
     bound: BoundModule,
     params: SGDParams,
     moving: list[torch.Tensor] | None,

@@ -23,6 +23,8 @@ PrivateSeed = Callable[[Task], int]
 
 #: Separates the simulation's private streams from every other stream keyed by the run seed.
 _PRIVATE_STREAM = 0x5052_4956
+#: The private stream update transforms draw from; techniques name their own.
+TRANSFORM_STREAM = 1
 
 
 def fresh_entropy(task: Task) -> int:
@@ -70,11 +72,6 @@ def expected_payload(task: Task) -> str:
             )
         kind = transform.produces(kind)
     return kind
-
-
-def private_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with `seed`."""
-    return torch.Generator().manual_seed(seed)
 
 
 class LocalTrainer:
@@ -134,7 +131,7 @@ class LocalTrainer:
         if update.payload is None:
             return update
         context = TransformContext(
-            self.bound.layout.params.numel, lambda: private_generator(self.private_seed(task))
+            self.bound.layout.params.numel, lambda: self.private_generator(task, TRANSFORM_STREAM)
         )
         asked = {spec.name for spec in task.transforms}
         own_only = [spec for name, spec in self.own_transforms.items() if name not in asked]
@@ -146,6 +143,12 @@ class LocalTrainer:
                 options = transform.tighten(options, transform.decode(own))
             update = transform.apply(update, options, context)
         return update
+
+    def private_generator(self, task: Task, stream: int) -> torch.Generator:
+        """A CPU generator of this client's private randomness for `task`: one independent
+        stream per use (`stream`), so a technique's and a transform's noise never coincide."""
+        key = np.random.SeedSequence([self.private_seed(task), stream])
+        return torch.Generator().manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
 
     def passes(self, task: Task, num_examples: int) -> float:
         """What `task` costs in minibatch passes on `num_examples` examples."""

@@ -131,20 +131,28 @@ class EvaluationConfig:
 class PrivacyConfig:
     """Differential privacy (docs/privacy.md). `local`: every client clips its delta to
     `max_norm` and adds Gaussian noise before upload (the `ldp` transform, added after the
-    configured ones), so each upload is private against the server itself; the unit is one
-    client's update, and a client's ε composes over the uploads it made."""
+    configured ones): each upload is private against the server itself, the unit is one
+    client's update. `dpsgd`: clients train with DP-SGD through Opacus (the `dpsgd` technique):
+    the unit is one training example, each client's examples protected by its own account."""
 
-    #: none, or local (noise on each client's update before it leaves the client).
-    mode: Literal["none", "local"] = "none"
-    #: L2 bound C on a client's delta; local noise std is noise_multiplier * 2C.
+    #: none; local (noise on each client's update before it leaves the client); dpsgd
+    #: (per-example clipping and noise in local training).
+    mode: Literal["none", "local", "dpsgd"] = "none"
+    #: L2 bound C: on a client's delta (local), on each example's gradient (dpsgd).
     max_norm: float = 1.0
-    #: Noise std over the sensitivity (0: calibrated from `epsilon` instead).
+    #: Noise std over the sensitivity: local, noise z * 2C on every coordinate of an update
+    #: (0: calibrated from `epsilon`); dpsgd, z * C on each step's summed gradient.
     noise_multiplier: float = 0.0
-    #: Target ε of one upload at `delta` when noise_multiplier is 0 (the analytic Gaussian
-    #: mechanism, exact for every ε).
+    #: local only: the target ε of one upload at `delta` when noise_multiplier is 0 (the
+    #: analytic Gaussian mechanism, exact for every ε).
     epsilon: float = 0.0
-    #: The δ every ε is stated at; must be below 1 / num_clients.
+    #: The δ every ε is stated at; below 1 / num_clients (local) or 1 / the smallest client's
+    #: example count (dpsgd).
     delta: float = 1e-5
+    #: dpsgd: Opacus's accountant, rdp or prv.
+    accountant: Literal["rdp", "prv"] = "rdp"
+    #: dpsgd: ghost clipping (Opacus's fast gradient clipping), else per-example gradients.
+    ghost: bool = True
 
     def __post_init__(self) -> None:
         require_positive("max_norm", self.max_norm)
@@ -161,15 +169,28 @@ class PrivacyConfig:
             "must be finite and >= 0",
             self.epsilon,
         )
-        if self.mode == "none":
-            return
-        require(
-            (self.noise_multiplier > 0) != (self.epsilon > 0),
-            "noise_multiplier",
-            "set exactly one of noise_multiplier > 0 (sigma = noise_multiplier * sensitivity) "
-            "and epsilon > 0 (a per-upload target); sigma <= 0 is no privacy",
-            self.noise_multiplier,
-        )
+        if self.mode == "local":
+            require(
+                (self.noise_multiplier > 0) != (self.epsilon > 0),
+                "noise_multiplier",
+                "set exactly one of noise_multiplier > 0 (sigma = noise_multiplier * "
+                "sensitivity) and epsilon > 0 (a per-upload target); sigma <= 0 is no privacy",
+                self.noise_multiplier,
+            )
+        if self.mode == "dpsgd":
+            require(
+                self.noise_multiplier > 0,
+                "noise_multiplier",
+                "must be > 0 under mode dpsgd (sigma <= 0 is no privacy)",
+                self.noise_multiplier,
+            )
+            require(
+                self.epsilon == 0,
+                "epsilon",
+                "is for mode local; dpsgd takes noise_multiplier, and its ε follows from the "
+                "steps each client takes",
+                self.epsilon,
+            )
 
     def multiplier(self) -> float:
         """The noise multiplier z in force: as set, or the analytic Gaussian mechanism's for
@@ -521,8 +542,35 @@ class ExperimentConfig:
             f"must be <= num_clients ({self.num_clients})",
             self.clients_per_round,
         )
+        if self.privacy.mode != "none":
+            require(
+                self.evaluation.federated_clients == 0,
+                "evaluation.federated_clients",
+                f"must be 0 under privacy.mode={self.privacy.mode}: clients would send the "
+                "loss and accuracy on their hold-outs unnoised",
+                self.evaluation.federated_clients,
+            )
         if self.privacy.mode == "local":
             self._add_local_privacy()
+        if self.privacy.mode == "dpsgd":
+            self._add_dpsgd()
+
+    def _add_dpsgd(self) -> None:
+        """Train with the dpsgd technique in place of plain SGD, with the privacy settings."""
+        require(
+            self.training.technique == "sgd",
+            "training.technique",
+            "must be sgd under privacy.mode=dpsgd, which replaces it with dpsgd (another "
+            "technique would train without the privacy)",
+            self.training.technique,
+        )
+        self.training.technique = "dpsgd"
+        self.training.options = {
+            **self.training.options,
+            "max_grad_norm": self.privacy.max_norm,
+            "noise_multiplier": self.privacy.noise_multiplier,
+            "ghost": float(self.privacy.ghost),
+        }
 
     def _add_local_privacy(self) -> None:
         """Check what local DP needs and append its transform, which must see the final delta."""
@@ -532,13 +580,6 @@ class ExperimentConfig:
             f"must be below 1 / num_clients ({1 / self.num_clients:.3g}): a larger delta allows "
             "a mechanism that reveals some client's update outright",
             self.privacy.delta,
-        )
-        require(
-            self.evaluation.federated_clients == 0,
-            "evaluation.federated_clients",
-            "must be 0 under privacy.mode=local: clients would send the loss and accuracy on "
-            "their hold-outs unnoised",
-            self.evaluation.federated_clients,
         )
         for index, spec in enumerate(self.training.transforms):
             require(

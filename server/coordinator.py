@@ -30,7 +30,7 @@ from fedcore.payloads import DenseDelta
 from fedcore.records import Task, Update, describe
 from fedcore.serialization import DEFAULT_CHUNK_BYTES, chunk_digests
 from fedcore.server.ledger import Ledger
-from fedcore.server.privacy_accounting import LocalDPAccountant
+from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.server.validation import UpdateRejected, ValidationPolicy, validate
 from fedcore.strategies.base import Arrival, GlobalModel, Strategy
 from fedcore.wire import spooled
@@ -136,9 +136,9 @@ class Coordinator:
         spool_dir: Path | None = None,
         declared_examples: Callable[[int], int] | None = None,
         keep_in_memory_bytes: int = 0,
-        privacy: LocalDPAccountant | None = None,
+        privacy: PrivacyAccountant | None = None,
     ) -> None:
-        """`privacy` counts each client's uploads under local DP (their ε joins the ledger)."""
+        """`privacy` keeps each client's privacy account (their ε joins the ledger)."""
         self.strategy = strategy
         self.privacy = privacy
         self.spool_dir = spool_dir
@@ -363,7 +363,9 @@ class Coordinator:
         task = self.outstanding.get(client)
         entry = describe(update)
         if self.privacy is not None:
-            entry["epsilon"] = self.privacy.released(client)
+            entry["epsilon"] = self.privacy.released(
+                client, update.num_examples, update.local_steps
+            )
         if task is None:
             reason = "no outstanding task for this client (duplicate or unsolicited update)"
             self.ledger.record("rejected", reason=reason, **entry)

@@ -33,7 +33,7 @@ from fedcore.server.coordinator import Coordinator, FederatedEvaluation, Publica
 from fedcore.server.disk import DiskFault
 from fedcore.server.experiment import Experiment, make_experiment, parse_experiment
 from fedcore.server.ledger import Ledger, read_ledger
-from fedcore.server.privacy_accounting import local_dp_accountant
+from fedcore.server.privacy_accounting import privacy_accountant
 from fedcore.server.registry import Parked, Registry, log
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.server.service import CoordinatorService
@@ -383,7 +383,7 @@ def deploy(
             declared_examples=driver.declared_examples,
             keep_in_memory_bytes=config.memory_uploads
             * (experiment.layout.params.nbytes + experiment.layout.buffers.nbytes),
-            privacy=local_dp_accountant(experiment.config),
+            privacy=privacy_accountant(experiment.config),
         )
         driver.coordinator = coordinator
         service = CoordinatorService(

@@ -40,6 +40,12 @@ class DivergenceGuard:
                 "more clients per round, a larger privacy.epsilon or a smaller "
                 f"privacy.max_norm (now {privacy.max_norm:g}) with a lower training.lr"
             )
+        if privacy.mode == "dpsgd":
+            self.cause = (
+                f"DP-SGD noise (multiplier {privacy.noise_multiplier:g} on batches of "
+                f"{training.batch_size}) is a likely cause"
+            )
+            self.advice += ", a larger training.batch_size or a smaller privacy.noise_multiplier"
 
     def check(self, version: int, name: str, loss: float | None) -> None:
         """Look at `loss` (the `name` of version `version`; None: none was measured)."""

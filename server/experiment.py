@@ -80,12 +80,21 @@ def checked_layout(
     return ModelLayout.of(module)
 
 
-def check_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:
-    """What local DP needs of the model and of validation: no buffers (they would travel
-    unnoised), and a delta norm bound that an honest noised update stays under."""
+def check_privacy(experiment: Experiment) -> None:
+    """What the privacy mode needs of the model, the data, the strategy and validation; a
+    ConfigError names the key that cannot hold."""
+    config, layout = experiment.config, experiment.layout
     privacy = config.privacy
-    if privacy.mode != "local":
-        return
+    if privacy.mode == "local":
+        _check_local_privacy(config, layout)
+    elif privacy.mode == "dpsgd":
+        _check_dpsgd(experiment)
+
+
+def _check_local_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:
+    """No buffers (they would travel unnoised), and a delta norm bound that an honest noised
+    update stays under."""
+    privacy = config.privacy
     if layout.buffers.numel:
         raise ConfigError(
             f"privacy.mode: local cannot protect model {config.model.name}'s buffers "
@@ -102,6 +111,36 @@ def check_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:
         )
 
 
+def _check_dpsgd(experiment: Experiment) -> None:
+    """Opacus present and able to train the model, a strategy that trains with the configured
+    technique, and δ below one over the smallest client's example count."""
+    config = experiment.config
+    strategy = experiment.strategy
+    if strategy.own_techniques:
+        raise ConfigError(
+            f"privacy.mode: dpsgd trains with the dpsgd technique, but strategy "
+            f"{strategy.name} sends its own ({', '.join(strategy.own_techniques)}), which "
+            "would train without the privacy"
+        )
+    try:
+        from opacus.validators import ModuleValidator
+    except ImportError:
+        raise ConfigError(
+            "privacy.mode: dpsgd needs opacus: pip install 'fedcore[privacy]'"
+        ) from None
+    problems = ModuleValidator.validate(experiment.build_model(), strict=False)
+    if problems:
+        raise ConfigError(
+            f"privacy.mode: dpsgd cannot train model {config.model.name}: {problems[0]}"
+        )
+    smallest = min(len(part) for part in experiment.federation.train_parts)
+    if config.privacy.delta >= 1 / smallest:
+        raise ConfigError(
+            f"privacy.delta: must be below 1 / the smallest client's example count "
+            f"({1 / smallest:.3g}), got {config.privacy.delta}"
+        )
+
+
 def make_experiment(data: dict[str, Any]) -> Experiment:
     """Build an experiment from a composed config dict (validates first, loads data second).
     This process's torch threads are set to the config's before any tensor work, so that a
@@ -112,7 +151,8 @@ def make_experiment(data: dict[str, Any]) -> Experiment:
     builder = model_builder(config, federation.dataset)
     sample = federation.dataset.train.x[:1]
     layout = checked_layout(builder, sample, config.model.name)
-    check_privacy(config, layout)
     strategy = build_strategy(str(config.strategy["name"]), strategy_options, config.seed)
     strategy.bind_resources(ServerResources(builder, layout, server_data(config, federation)))
-    return Experiment(config, federation, builder, layout, strategy)
+    experiment = Experiment(config, federation, builder, layout, strategy)
+    check_privacy(experiment)
+    return experiment

@@ -1,74 +1,123 @@
-"""The server's account of each client's privacy loss under local DP (`privacy.mode=local`).
+"""The server's account of each client's privacy loss (`privacy.mode` local or dpsgd).
 
-Every training update a client sends is one Gaussian release of noise multiplier z, whatever
-becomes of it (accepted, refused or expired: the server saw it), so a client's ε is the exact
-composition of its uploads (`fedcore/privacy.py`), stated at `privacy.delta`. A client that
-tightened its own settings has lost at most this. The counts are rebuilt from the whole
-ledger on resume, entries voided by the resume included: what was released stays spent.
+Every training update a client sends counts, whatever becomes of it (accepted, refused or
+expired: the server saw it). Under local DP an upload is one Gaussian release of noise
+multiplier z, and a client's ε is the exact composition of its uploads (`fedcore/privacy.py`).
+Under DP-SGD an update is `steps` Poisson-subsampled Gaussian steps at rate q = batch_size / the
+examples the client has, composed by Opacus's RDP or PRV accountant. Either ε is stated at
+`privacy.delta`; a client that tightened its own settings has lost at most this. The counts are
+rebuilt from the whole ledger on resume, entries voided by the resume included: what was
+released stays spent.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from fedcore.config import ExperimentConfig, PrivacyConfig
+from fedcore.config import ExperimentConfig
 from fedcore.privacy import gaussian_epsilon
 
 #: Ledger events that record a training update the client sent.
 RELEASES = frozenset({"accepted", "expired", "rejected"})
 
 
-class LocalDPAccountant:
-    """Uploads per client and the ε they add up to."""
+class PrivacyAccountant:
+    """Each client's releases and the ε they add up to."""
 
-    def __init__(self, privacy: PrivacyConfig) -> None:
+    def __init__(self, config: ExperimentConfig) -> None:
+        privacy = config.privacy
+        self.mode = privacy.mode
         self.max_norm = privacy.max_norm
-        self.noise_multiplier = privacy.multiplier()
+        self.noise_multiplier = (
+            privacy.multiplier() if self.mode == "local" else (privacy.noise_multiplier)
+        )
         self.delta = privacy.delta
+        self.accountant = privacy.accountant
+        self.batch_size = config.training.batch_size
+        #: Local DP: uploads per client.
         self.uploads: Counter[int] = Counter()
+        #: DP-SGD: steps per client at each sampling rate.
+        self.steps: defaultdict[int, Counter[float]] = defaultdict(Counter)
+        self._epsilon: dict[int, float] = {}
 
-    def released(self, client: int) -> float:
-        """Count one more upload by `client`; its ε now."""
+    def released(self, client: int, examples: int, steps: int) -> float:
+        """Count one update by `client` (claiming `examples` and `steps`); its ε now."""
+        self._count(client, examples, steps)
+        return self._update(client)
+
+    def _count(self, client: int, examples: int, steps: int) -> None:
         self.uploads[client] += 1
-        return self.epsilon(client)
+        if self.mode == "dpsgd":
+            rate = min(1.0, self.batch_size / max(1, examples))
+            self.steps[client][rate] += steps
+
+    def _update(self, client: int) -> float:
+        if self.mode == "local":
+            value = gaussian_epsilon(self.noise_multiplier, self.uploads[client], self.delta)
+        else:
+            value = self._opacus_epsilon(self.steps[client])
+        self._epsilon[client] = value
+        return value
+
+    def _opacus_epsilon(self, steps: Counter[float]) -> float:
+        from opacus.accountants import PRVAccountant, RDPAccountant
+
+        accountant = RDPAccountant() if self.accountant == "rdp" else PRVAccountant()
+        accountant.history = [
+            (self.noise_multiplier, rate, count) for rate, count in sorted(steps.items()) if count
+        ]
+        return float(accountant.get_epsilon(self.delta)) if accountant.history else 0.0
 
     def epsilon(self, client: int) -> float:
-        """`client`'s ε at `delta` over every upload it made."""
-        return gaussian_epsilon(self.noise_multiplier, self.uploads[client], self.delta)
+        """`client`'s ε at `delta` over everything it sent (0 before it sent anything)."""
+        return self._epsilon.get(client, 0.0)
 
     def worst(self) -> float:
-        """The largest ε of any client (0 before any upload)."""
-        most = max(self.uploads.values(), default=0)
-        return gaussian_epsilon(self.noise_multiplier, most, self.delta)
+        """The largest ε of any client."""
+        return max(self._epsilon.values(), default=0.0)
 
     def rebuild(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Count the uploads a ledger records (a resumed run's, voided entries included)."""
-        self.uploads = Counter(
-            int(entry["client"])
-            for entry in entries
-            if entry.get("event") in RELEASES and isinstance(entry.get("client"), int)
-        )
+        """Count the updates a ledger records (a resumed run's, voided entries included)."""
+        self.uploads.clear()
+        self.steps.clear()
+        self._epsilon.clear()
+        for entry in entries:
+            if entry.get("event") in RELEASES and isinstance(entry.get("client"), int):
+                self._count(entry["client"], int(entry["examples"]), int(entry["steps"]))
+        for client in self.uploads:
+            self._update(client)
 
     def summary(self) -> dict[str, Any]:
         """What the run's guarantee is, in the terms a report of it must state."""
+        if self.mode == "local":
+            terms = {
+                "unit": "one client's update (replace-one neighbours: sensitivity 2 * max_norm)",
+                "accountant": "exact composition of Gaussian releases (Gaussian DP)",
+                "sampling": "none assumed: every upload a client made composes in full",
+                "epsilon_per_upload": gaussian_epsilon(self.noise_multiplier, 1, self.delta),
+            }
+        else:
+            terms = {
+                "unit": "one training example of a client (add/remove neighbours)",
+                "accountant": f"opacus {self.accountant}",
+                "sampling": "Poisson sampling of each step's batch at rate batch_size / the "
+                "client's examples; no amplification by client sampling is assumed",
+            }
         return {
-            "mode": "local",
-            "unit": "one client's update (replace-one neighbours: sensitivity 2 * max_norm)",
-            "accountant": "exact composition of Gaussian releases (Gaussian DP; fedcore/privacy.py)",
-            "sampling": "none assumed: every upload a client made composes in full",
+            "mode": self.mode,
+            **terms,
             "max_norm": self.max_norm,
             "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,
-            "epsilon_per_upload": gaussian_epsilon(self.noise_multiplier, 1, self.delta),
             "epsilon_max": self.worst(),
             "epsilon_by_client": {
-                str(client): self.epsilon(client) for client in sorted(self.uploads)
+                str(client): self.epsilon(client) for client in sorted(self._epsilon)
             },
         }
 
 
-def local_dp_accountant(config: ExperimentConfig) -> LocalDPAccountant | None:
-    """The accountant a run under local DP keeps (None for any other mode)."""
-    return LocalDPAccountant(config.privacy) if config.privacy.mode == "local" else None
+def privacy_accountant(config: ExperimentConfig) -> PrivacyAccountant | None:
+    """The accountant a private run keeps (None without privacy)."""
+    return PrivacyAccountant(config) if config.privacy.mode != "none" else None

@@ -19,7 +19,7 @@ from fedcore.server.divergence import DivergenceGuard
 from fedcore.server.evaluation import Evaluator, Scorer
 from fedcore.server.experiment import Experiment
 from fedcore.server.ledger import Ledger
-from fedcore.server.privacy_accounting import LocalDPAccountant
+from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.server.progress import Activity, ProgressDisplay
 from fedcore.server.rundir import RunDirectory
 from fedcore.server.tensorboard_log import TensorBoardLog
@@ -117,7 +117,7 @@ class RunReport:
             TensorBoardLog(run_path) if run_path is not None and config.output.tensorboard else None
         )
         #: The account of clients' privacy loss, when the run keeps one (`follow` sets it).
-        self.privacy: LocalDPAccountant | None = None
+        self.privacy: PrivacyAccountant | None = None
         #: Rows not yet written, in version order: (row, whether clients are still evaluating).
         self._pending: list[tuple[dict[str, Any], bool]] = []
 

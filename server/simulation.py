@@ -47,7 +47,7 @@ from fedcore.server.experiment import (
     parse_experiment,
 )
 from fedcore.server.ledger import Ledger
-from fedcore.server.privacy_accounting import local_dp_accountant
+from fedcore.server.privacy_accounting import privacy_accountant
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
@@ -131,7 +131,7 @@ class Simulation:
             evaluation_candidates=lambda: sample,
             spool_dir=spool_dir,
             declared_examples=lambda client: len(self.federation.train_parts[client]),
-            privacy=local_dp_accountant(config),
+            privacy=privacy_accountant(config),
         )
         self._clock = 0.0
         self._events: list[Event] = []

@@ -153,6 +153,9 @@ class Strategy(ABC):
     max_staleness: int | None = 0
     #: Payload kinds this strategy can aggregate (`fedcore/payloads.py`).
     payloads: tuple[str, ...] = ("dense", "sparse")
+    #: Client techniques its tasks name in place of `training.technique` (none: it trains
+    #: with the configured one).
+    own_techniques: tuple[str, ...] = ()
 
     @property
     def keeps_client_state(self) -> bool:

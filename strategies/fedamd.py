@@ -94,6 +94,7 @@ class FedAMD(FedAvg):
     """
 
     name = "fedamd"
+    own_techniques = ("miner", "anchor")
     config: FedAMDConfig
 
     def __init__(self, config: FedAMDConfig, seed: int) -> None:

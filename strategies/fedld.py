@@ -68,6 +68,7 @@ class FedLD(SynchronousRounds):
     arrival order cannot change a bit) for the principal revision."""
 
     name = "fedld"
+    own_techniques = ("fedld",)
     config: FedLDConfig
 
     def __init__(self, config: FedLDConfig, seed: int) -> None:

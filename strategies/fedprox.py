@@ -25,6 +25,7 @@ class FedProx(FedAvg):
     """Server side is FedAvg; the task tells clients to apply the proximal term."""
 
     name = "fedprox"
+    own_techniques = ("fedprox",)
 
     def __init__(self, config: FedProxConfig, seed: int) -> None:
         super().__init__(config, seed)

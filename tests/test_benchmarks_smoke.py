@@ -15,6 +15,7 @@ EXPECTED_KEYS = {
     "aggregation": {"cpu", "cuda", "target_ratio", "repeats"},
     "simulation_overhead": {"best", "runs", "targets", "model_params", "overrides"},
     "presets": {"cases", "target_ratio"},
+    "dp_sgd": {"seconds_per_step", "ratio_to_plain", "target_ratio"},
     "memory": {
         "cases",
         "per_client_bytes",
@@ -56,6 +57,9 @@ def test_benchmark_runs_quick_and_writes_its_json(name, tmp_path):
         (heart,) = result["cases"].values()
         assert heart["same_model"] and heart["busy_processes"] >= 1
         assert heart["one_thread_quiet"]["runs"][0]["workers"] == 0
+    elif name == "dp_sgd":
+        assert set(result["ratio_to_plain"]) == {"plain", "ghost", "hooks"}
+        assert result["ratio_to_plain"]["hooks"] > result["ratio_to_plain"]["plain"] == 1.0
     elif name == "simulation_overhead":
         assert 90_000 <= result["model_params"] <= 110_000
         assert result["best"]["round_mean_s"] > result["best"]["training_mean_s"] > 0

@@ -17,14 +17,14 @@ import torch
 from fedcore.clients.trainer import LocalTrainer, keyed_by_run
 from fedcore.clients.transforms import TransformContext, transform_type
 from fedcore.clients.transforms.local_dp import LocalDPOptions
-from fedcore.config import PrivacyConfig
+from fedcore.config import EvaluationConfig, ExperimentConfig, PrivacyConfig
 from fedcore.messages import update_from_upload, update_vectors, upload_header, upload_layout
 from fedcore.payloads import DenseDelta
 from fedcore.privacy import analytic_gaussian_sigma, gaussian_delta, gaussian_epsilon
 from fedcore.records import Task, TransformSpec, Update
 from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
-from fedcore.server.privacy_accounting import LocalDPAccountant
+from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.server.simulation import simulate
 from fedcore.typed_config import ConfigError
 from fedcore.wire import VectorAssembler, vector_frames
@@ -331,18 +331,23 @@ def test_a_deployment_under_local_dp_states_each_clients_epsilon(tmp_path) -> No
 
 def test_a_resumed_account_counts_voided_uploads_too() -> None:
     """A resume voids ledger entries after its checkpoint, but their uploads were released."""
-    accountant = LocalDPAccountant(PrivacyConfig(mode="local", noise_multiplier=2.0))
+    config = ExperimentConfig(
+        privacy=PrivacyConfig(mode="local", noise_multiplier=2.0),
+        evaluation=EvaluationConfig(federated_clients=0),
+    )
+    accountant = PrivacyAccountant(config)
+    sent = {"examples": 10, "steps": 5}
     accountant.rebuild(
         [
-            {"event": "accepted", "client": 0},
-            {"event": "rejected", "client": 0},
+            {"event": "accepted", "client": 0, **sent},
+            {"event": "rejected", "client": 0, **sent},
             {"event": "resumed", "version": 1},
-            {"event": "accepted", "client": 0},
-            {"event": "expired", "client": 1},
-            {"event": "evaluated", "client": 1},
+            {"event": "accepted", "client": 0, **sent},
+            {"event": "expired", "client": 1, **sent},
+            {"event": "evaluated", "client": 1, **sent},
             {"event": "refused", "peer": "x"},
         ]
     )
     assert dict(accountant.uploads) == {0: 3, 1: 1}
     assert accountant.worst() == gaussian_epsilon(2.0, 3, 1e-5)
-    assert accountant.released(1) == gaussian_epsilon(2.0, 2, 1e-5)
+    assert accountant.released(1, 10, 5) == gaussian_epsilon(2.0, 2, 1e-5)

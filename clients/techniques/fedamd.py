@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedcore.clients.sgd import SGDParams, planned_steps, task_batches
+from fedcore.clients.sgd import SGDParams, planned_steps, require_examples, task_batches
 from fedcore.clients.techniques.base import Technique, register
 from fedcore.clients.techniques.sgd import SGD
 from fedcore.data.split import Split
@@ -111,8 +111,7 @@ class Anchor(Technique[AnchorParams]):
         reuse_model: bool,
     ) -> Update:
         """The anchor gradient (relative to the counted one with the client-kept store)."""
-        if len(data) == 0:
-            raise ValueError(f"client {task.client_id} has no training examples")
+        require_examples(task, data)
         started = time.perf_counter()
         bound = trainer.bound
         bound.load(model[0].to(bound.params.device), model[1].to(bound.params.device))
@@ -186,8 +185,7 @@ class Miner(SGD):
         """Recursive variance-reduced steps, or local SGD without a direction."""
         if DIRECTION not in task.extras:
             return super().run(trainer, task, params, model, data, reuse_model)
-        if len(data) == 0:
-            raise ValueError(f"client {task.client_id} has no training examples")
+        require_examples(task, data)
         started = time.perf_counter()
         bound = trainer.bound
         device = bound.params.device
