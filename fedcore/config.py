@@ -153,6 +153,10 @@ class PrivacyConfig:
     accountant: Literal["rdp", "prv"] = "rdp"
     #: dpsgd: ghost clipping (Opacus's fast gradient clipping), else per-example gradients.
     ghost: bool = True
+    #: The ε a client may spend (0: no cap): a client whose next update would take it past
+    #: this gets no more training tasks, and the run stops when fewer than clients_per_round
+    #: clients have budget left.
+    budget: float = 0.0
 
     def __post_init__(self) -> None:
         require_positive("max_norm", self.max_norm)
@@ -168,6 +172,12 @@ class PrivacyConfig:
             "epsilon",
             "must be finite and >= 0",
             self.epsilon,
+        )
+        require(
+            math.isfinite(self.budget) and self.budget >= 0,
+            "budget",
+            "must be finite and >= 0 (0: no cap)",
+            self.budget,
         )
         if self.mode == "local":
             require(

@@ -137,10 +137,16 @@ class Coordinator:
         declared_examples: Callable[[int], int] | None = None,
         keep_in_memory_bytes: int = 0,
         privacy: PrivacyAccountant | None = None,
+        min_trainable: int = 1,
     ) -> None:
-        """`privacy` keeps each client's privacy account (their ε joins the ledger)."""
+        """`privacy` keeps each client's privacy account (their ε joins the ledger); a client
+        whose budget cannot afford another training task is never idle again, and the run stops
+        when fewer than `min_trainable` clients can still train."""
         self.strategy = strategy
         self.privacy = privacy
+        self.min_trainable = min_trainable
+        #: Clients whose privacy budget cannot afford another training task.
+        self.spent: set[int] = set()
         self.spool_dir = spool_dir
         #: Held arrivals' large vectors stay in memory while they total at most this (`keep`).
         self.keep_in_memory_bytes = keep_in_memory_bytes
@@ -317,7 +323,7 @@ class Coordinator:
     # -- events from the driver ------------------------------------------------------------------
     def add_clients(self, client_ids: Iterable[int]) -> None:
         """Clients present before the start, idle, announced to the strategy by `start`."""
-        self._idle.update(client_ids)
+        self._idle.update(client for client in client_ids if self._can_train(client))
 
     def start(self) -> None:
         """Let the strategy begin."""
@@ -327,6 +333,8 @@ class Coordinator:
         """A client joined or is free again."""
         if client_id in self.outstanding:
             raise RuntimeError(f"client {client_id} reported idle with a task outstanding")
+        if not self._can_train(client_id):
+            return
         self._idle.add(client_id)
         if not self.finished:
             self.strategy.on_client_idle(client_id)
@@ -392,7 +400,7 @@ class Coordinator:
         self.accepted_since_publish += 1
         if "train_loss" in update.metrics:
             self._losses.append(update.metrics["train_loss"])
-        if then_idle:
+        if then_idle and self._can_train(client):
             self._idle.add(client)
         with self._aggregating():
             self.strategy.on_update(Arrival(update, base, staleness))
@@ -460,6 +468,25 @@ class Coordinator:
         if not self.finished:
             self.strategy.on_task_lost(task)
         self._idle_after(task.client_id, then_idle)
+
+    def _can_train(self, client: int) -> bool:
+        """Whether `client`'s privacy budget affords another training task (always without a
+        budget); a client that cannot is recorded as spent, once."""
+        if client in self.spent:
+            return False
+        if self.privacy is None or self.privacy.affords(client, self.examples_of(client)):
+            return True
+        self.spent.add(client)
+        self.ledger.record(
+            "spent", client=client, epsilon=self.privacy.epsilon(client), budget=self.privacy.budget
+        )
+        left = self._num_clients - len(self.spent)
+        if left < self.min_trainable and not self.finished:
+            self.stop(
+                f"privacy budget spent: {left} of {self._num_clients} clients can take another "
+                f"training task, fewer than clients_per_round ({self.min_trainable})"
+            )
+        return False
 
     def _idle_after(self, client: int, then_idle: bool) -> None:
         """The client of a finished task is idle again, when the driver said it would be."""

@@ -384,6 +384,7 @@ def deploy(
             keep_in_memory_bytes=config.memory_uploads
             * (experiment.layout.params.nbytes + experiment.layout.buffers.nbytes),
             privacy=privacy_accountant(experiment.config),
+            min_trainable=experiment.config.clients_per_round,
         )
         driver.coordinator = coordinator
         service = CoordinatorService(

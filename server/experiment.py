@@ -17,6 +17,7 @@ from fedcore.config import ExperimentConfig
 from fedcore.federation import Federation, make_federation, model_builder, server_data
 from fedcore.params import ModelLayout, module_vectors
 from fedcore.privacy import noise_norm_bound
+from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.strategies.base import GlobalModel, ServerResources, Strategy
 from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
@@ -89,6 +90,14 @@ def check_privacy(experiment: Experiment) -> None:
         _check_local_privacy(config, layout)
     elif privacy.mode == "dpsgd":
         _check_dpsgd(experiment)
+    if privacy.mode != "none" and privacy.budget:
+        smallest = min(len(part) for part in experiment.federation.train_parts)
+        first = PrivacyAccountant(config).next_epsilon(0, smallest)
+        if first > privacy.budget:
+            raise ConfigError(
+                f"privacy.budget: {privacy.budget:g} does not cover one training task of the "
+                f"client with the fewest examples ({smallest}), which spends ε {first:.4g}"
+            )
 
 
 def _check_local_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from fedcore.clients.sgd import SGDParams, planned_steps
 from fedcore.config import ExperimentConfig
 from fedcore.privacy import gaussian_epsilon
 
@@ -35,7 +36,11 @@ class PrivacyAccountant:
         )
         self.delta = privacy.delta
         self.accountant = privacy.accountant
-        self.batch_size = config.training.batch_size
+        self.budget = privacy.budget
+        training = config.training
+        self.batch_size = training.batch_size
+        self.local_steps = training.local_steps
+        self.epochs = training.local_epochs
         #: Local DP: uploads per client.
         self.uploads: Counter[int] = Counter()
         #: DP-SGD: steps per client at each sampling rate.
@@ -54,12 +59,27 @@ class PrivacyAccountant:
             self.steps[client][rate] += steps
 
     def _update(self, client: int) -> float:
-        if self.mode == "local":
-            value = gaussian_epsilon(self.noise_multiplier, self.uploads[client], self.delta)
-        else:
-            value = self._opacus_epsilon(self.steps[client])
+        value = self._epsilon_of(self.uploads[client], self.steps[client])
         self._epsilon[client] = value
         return value
+
+    def _epsilon_of(self, uploads: int, steps: Counter[float]) -> float:
+        if self.mode == "local":
+            return gaussian_epsilon(self.noise_multiplier, uploads, self.delta)
+        return self._opacus_epsilon(steps)
+
+    def next_epsilon(self, client: int, examples: int) -> float:
+        """`client`'s ε after one more training task on `examples` examples."""
+        steps = Counter(self.steps[client])
+        if self.mode == "dpsgd":
+            rate = min(1.0, self.batch_size / max(1, examples))
+            sgd = SGDParams(batch_size=self.batch_size, epochs=self.epochs)
+            steps[rate] += planned_steps(self.local_steps, sgd, max(1, examples))
+        return self._epsilon_of(self.uploads[client] + 1, steps)
+
+    def affords(self, client: int, examples: int) -> bool:
+        """Whether another training task keeps `client` within the budget (always, with none)."""
+        return not self.budget or self.next_epsilon(client, examples) <= self.budget
 
     def _opacus_epsilon(self, steps: Counter[float]) -> float:
         from opacus.accountants import PRVAccountant, RDPAccountant
@@ -108,6 +128,7 @@ class PrivacyAccountant:
         return {
             "mode": self.mode,
             **terms,
+            "budget": self.budget,
             "max_norm": self.max_norm,
             "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,

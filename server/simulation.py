@@ -132,6 +132,7 @@ class Simulation:
             spool_dir=spool_dir,
             declared_examples=lambda client: len(self.federation.train_parts[client]),
             privacy=privacy_accountant(config),
+            min_trainable=config.clients_per_round,
         )
         self._clock = 0.0
         self._events: list[Event] = []

@@ -5,6 +5,7 @@ made private fails at start."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -21,12 +22,18 @@ from fedcore.data.split import Split
 from fedcore.models import build_model
 from fedcore.payloads import DenseDelta
 from fedcore.records import Task
-from fedcore.server.experiment import make_experiment
 from fedcore.server.ledger import read_ledger
 from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.server.simulation import simulate
-from fedcore.typed_config import ConfigError
-from tests.conftest import FAST, composed
+from tests.conftest import FAST, PRIVATE_FAST, composed, fails_at_start, repeatable_run
+from tests.processes import (
+    TWO_CLIENTS,
+    client,
+    finish_federation,
+    make_certs,
+    server_port,
+    start_server,
+)
 
 pytest.importorskip("opacus")
 
@@ -110,18 +117,13 @@ def test_the_accountant_gives_opacus_goldens() -> None:
 
 
 def test_a_simulation_under_dpsgd_repeats_and_accounts_each_client(tmp_path) -> None:
-    overrides = (
-        *FAST,
-        "evaluation.federated_clients=0",
+    first, entries = repeatable_run(
+        tmp_path,
+        *PRIVATE_FAST,
         "privacy.mode=dpsgd",
         "privacy.noise_multiplier=1.1",
         "training.batch_size=8",
     )
-    config = composed(*overrides)
-    first = simulate(config, tmp_path / "a", overrides)
-    again = simulate(config, tmp_path / "b", overrides)
-    assert first["model_sha256"] == again["model_sha256"]
-    entries = read_ledger(tmp_path / "a" / "ledger.jsonl")
     replay = _accountant("rdp")
     replay.batch_size, replay.noise_multiplier = 8, 1.1
     for entry in (e for e in entries if e["event"] == "accepted"):
@@ -134,9 +136,7 @@ def test_a_simulation_under_dpsgd_repeats_and_accounts_each_client(tmp_path) -> 
     )
     assert privacy["epsilon_max"] == pytest.approx(replay.worst())
     assert first["history"][-1]["epsilon"] == pytest.approx(replay.worst())
-    plain = simulate(
-        composed(*FAST, "evaluation.federated_clients=0", "training.batch_size=8"), None
-    )
+    plain = simulate(composed(*PRIVATE_FAST, "training.batch_size=8"), None)
     assert plain["model_sha256"] != first["model_sha256"]
 
 
@@ -158,11 +158,10 @@ def test_a_simulation_under_dpsgd_repeats_and_accounts_each_client(tmp_path) -> 
     ],
 )
 def test_what_dpsgd_cannot_protect_fails_at_start(overrides, message) -> None:
-    base = [*FAST, "evaluation.federated_clients=0", "privacy.mode=dpsgd"]
+    base = [*PRIVATE_FAST, "privacy.mode=dpsgd"]
     if not any(o.startswith("privacy.noise_multiplier") for o in overrides):
         base.append("privacy.noise_multiplier=1")
-    with pytest.raises((ConfigError, ValueError), match=message):
-        make_experiment(composed(*base, *overrides))
+    fails_at_start([*base, *overrides], message)
 
 
 def test_without_opacus_dpsgd_says_how_to_get_it() -> None:
@@ -197,3 +196,55 @@ def test_without_opacus_dpsgd_says_how_to_get_it() -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == "privacy.mode: dpsgd needs opacus: pip install 'fedcore[privacy]'"
     assert lines[1].startswith("task.technique: dpsgd needs opacus, which this client lacks")
+
+
+@pytest.mark.slow
+def test_deployed_clients_train_with_dpsgd_and_the_server_accounts_them(tmp_path) -> None:
+    """Real client processes over mTLS: the same account as a replay of the ledger gives."""
+    make_certs(tmp_path, 2)
+    server = start_server(
+        tmp_path,
+        *TWO_CLIENTS,
+        "rounds=2",
+        "evaluation.federated_clients=0",
+        "privacy.mode=dpsgd",
+        "privacy.noise_multiplier=1.2",
+        "privacy.accountant=prv",
+        "training.batch_size=16",
+    )
+    port = server_port(server)
+    finish_federation(server, [client(tmp_path, port, 0), client(tmp_path, port, 1)], accepted=2)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    replay = _accountant("prv")
+    replay.batch_size, replay.noise_multiplier = 16, 1.2
+    accepted = [
+        e for e in read_ledger(tmp_path / "run" / "ledger.jsonl") if e["event"] == "accepted"
+    ]
+    for entry in accepted:
+        assert entry["epsilon"] == pytest.approx(
+            replay.released(entry["client"], entry["examples"], entry["steps"])
+        )
+    assert len(accepted) == 4 and summary["privacy"]["accountant"] == "opacus prv"
+    assert summary["privacy"]["epsilon_max"] == pytest.approx(replay.worst())
+    assert replay.worst() > 0
+
+
+def test_no_client_trains_past_its_dpsgd_budget(tmp_path) -> None:
+    """Clients with few examples (a high sampling rate) spend their budget first; the others
+    go on to the last version."""
+    overrides = (
+        *FAST,
+        "rounds=20",
+        "evaluation.federated_clients=0",
+        "privacy.mode=dpsgd",
+        "privacy.noise_multiplier=1.5",
+        "privacy.budget=1.5",
+        "training.batch_size=4",
+    )
+    summary = simulate(composed(*overrides), tmp_path / "run", overrides)
+    entries = read_ledger(tmp_path / "run" / "ledger.jsonl")
+    spent = {e["client"] for e in entries if e["event"] == "spent"}
+    assert spent and all(e["epsilon"] <= 1.5 for e in entries if e["event"] == "accepted")
+    assert summary["versions"] == 20 and summary["privacy"]["epsilon_max"] <= 1.5
+    later = [e for e in entries if e["event"] == "accepted" and e["client"] in spent]
+    assert all(e["epsilon"] > 1.0 for e in later[-len(spent) :])

@@ -28,7 +28,7 @@ from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.server.simulation import simulate
 from fedcore.typed_config import ConfigError
 from fedcore.wire import VectorAssembler, vector_frames
-from tests.conftest import FAST, composed
+from tests.conftest import FAST, PRIVATE_FAST, composed, fails_at_start, repeatable_run
 from tests.processes import (
     TWO_CLIENTS,
     client,
@@ -207,18 +207,13 @@ def test_composed_epsilon_is_exact_below_opacus_rdp_and_moves_the_right_way() ->
 
 
 def test_a_simulation_under_local_dp_accounts_every_upload_and_repeats(tmp_path) -> None:
-    overrides = (
-        *FAST,
-        "evaluation.federated_clients=0",
+    first, entries = repeatable_run(
+        tmp_path,
+        *PRIVATE_FAST,
         "privacy.mode=local",
         "privacy.noise_multiplier=0.05",
         "privacy.max_norm=0.5",
     )
-    config = composed(*overrides)
-    first = simulate(config, tmp_path / "a", overrides)
-    second = simulate(config, tmp_path / "b", overrides)
-    assert first["model_sha256"] == second["model_sha256"]
-    entries = read_ledger(tmp_path / "a" / "ledger.jsonl")
     uploads: dict[int, int] = {}
     for entry in (e for e in entries if e["event"] in ("accepted", "rejected", "expired")):
         uploads[entry["client"]] = uploads.get(entry["client"], 0) + 1
@@ -230,7 +225,7 @@ def test_a_simulation_under_local_dp_accounts_every_upload_and_repeats(tmp_path)
     )
     assert privacy["unit"].startswith("one client's update") and privacy["delta"] == 1e-5
     assert first["history"][-1]["epsilon"] == privacy["epsilon_max"]
-    without = simulate(composed(*FAST, "evaluation.federated_clients=0"), None)
+    without = simulate(composed(*PRIVATE_FAST), None)
     assert without["model_sha256"] != first["model_sha256"] and "privacy" not in without
 
 
@@ -264,8 +259,7 @@ def test_bad_privacy_settings_fail_at_start_naming_the_key(overrides, message) -
     base = [*FAST, "privacy.mode=local"]
     if not any(o.startswith("evaluation.") for o in overrides):
         base.append("evaluation.federated_clients=0")
-    with pytest.raises((ConfigError, ValueError), match=message):
-        make_experiment(composed(*base, *overrides))
+    fails_at_start([*base, *overrides], message)
 
 
 def test_local_dp_imports_no_opacus_or_scipy() -> None:
@@ -351,3 +345,36 @@ def test_a_resumed_account_counts_voided_uploads_too() -> None:
     assert dict(accountant.uploads) == {0: 3, 1: 1}
     assert accountant.worst() == gaussian_epsilon(2.0, 3, 1e-5)
     assert accountant.released(1, 10, 5) == gaussian_epsilon(2.0, 2, 1e-5)
+
+
+def test_a_spent_budget_ends_a_clients_training_and_then_the_run(tmp_path) -> None:
+    overrides = (
+        *FAST,
+        "rounds=30",
+        "evaluation.federated_clients=0",
+        "privacy.mode=local",
+        "privacy.noise_multiplier=2",
+        "privacy.budget=2",
+        "divergence.loss_factor=0",
+    )
+    summary = simulate(composed(*overrides), tmp_path / "run", overrides)
+    entries = read_ledger(tmp_path / "run" / "ledger.jsonl")
+    spent_at = {e["client"]: index for index, e in enumerate(entries) if e["event"] == "spent"}
+    assert len(spent_at) > 15 and all(e["budget"] == 2 for e in entries if e["event"] == "spent")
+    for index, entry in enumerate(entries):
+        if entry["event"] == "accepted":
+            assert entry["epsilon"] <= 2
+            assert index < spent_at.get(entry["client"], len(entries))
+    assert summary["stop_reason"] == (
+        f"privacy budget spent: {20 - len(spent_at)} of 20 clients can take another training "
+        "task, fewer than clients_per_round (5)"
+    )
+    assert summary["privacy"]["epsilon_max"] <= 2 < gaussian_epsilon(2.0, 3, 1e-5)
+
+
+def test_a_budget_below_one_update_fails_at_start() -> None:
+    one = gaussian_epsilon(2.0, 1, 1e-5)
+    overrides = [*PRIVATE_FAST, "privacy.mode=local"]
+    with pytest.raises(ConfigError, match=r"privacy.budget: 0.5 does not cover one training task"):
+        make_experiment(composed(*overrides, "privacy.noise_multiplier=2", "privacy.budget=0.5"))
+    assert one > 0.5
