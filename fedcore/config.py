@@ -136,12 +136,14 @@ class PrivacyConfig:
     the unit is one training example, each client's examples protected by its own account."""
 
     #: none; local (noise on each client's update before it leaves the client); dpsgd
-    #: (per-example clipping and noise in local training).
-    mode: Literal["none", "local", "dpsgd"] = "none"
-    #: L2 bound C: on a client's delta (local), on each example's gradient (dpsgd).
+    #: (per-example clipping and noise in local training); central (the server clips each
+    #: update and noises their mean: client-level DP from a trusted server).
+    mode: Literal["none", "local", "dpsgd", "central"] = "none"
+    #: L2 bound C: on a client's delta (local, central), on each example's gradient (dpsgd).
     max_norm: float = 1.0
     #: Noise std over the sensitivity: local, noise z * 2C on every coordinate of an update
-    #: (0: calibrated from `epsilon`); dpsgd, z * C on each step's summed gradient.
+    #: (0: calibrated from `epsilon`); dpsgd, z * C on each step's summed gradient; central,
+    #: z * C / k on the mean of k clipped updates.
     noise_multiplier: float = 0.0
     #: local only: the target ε of one upload at `delta` when noise_multiplier is 0 (the
     #: analytic Gaussian mechanism, exact for every ε).
@@ -187,18 +189,18 @@ class PrivacyConfig:
                 "sensitivity) and epsilon > 0 (a per-upload target); sigma <= 0 is no privacy",
                 self.noise_multiplier,
             )
-        if self.mode == "dpsgd":
+        if self.mode in ("dpsgd", "central"):
             require(
                 self.noise_multiplier > 0,
                 "noise_multiplier",
-                "must be > 0 under mode dpsgd (sigma <= 0 is no privacy)",
+                f"must be > 0 under mode {self.mode} (sigma <= 0 is no privacy)",
                 self.noise_multiplier,
             )
             require(
                 self.epsilon == 0,
                 "epsilon",
-                "is for mode local; dpsgd takes noise_multiplier, and its ε follows from the "
-                "steps each client takes",
+                f"is for mode local; {self.mode} takes noise_multiplier, and its ε follows "
+                "from the steps taken",
                 self.epsilon,
             )
 
@@ -560,6 +562,14 @@ class ExperimentConfig:
                 "loss and accuracy on their hold-outs unnoised",
                 self.evaluation.federated_clients,
             )
+        if self.privacy.mode in ("local", "central"):
+            require(
+                self.privacy.delta < 1 / self.num_clients,
+                "privacy.delta",
+                f"must be below 1 / num_clients ({1 / self.num_clients:.3g}): a larger delta "
+                "allows a mechanism that reveals some client's update outright",
+                self.privacy.delta,
+            )
         if self.privacy.mode == "local":
             self._add_local_privacy()
         if self.privacy.mode == "dpsgd":
@@ -584,13 +594,6 @@ class ExperimentConfig:
 
     def _add_local_privacy(self) -> None:
         """Check what local DP needs and append its transform, which must see the final delta."""
-        require(
-            self.privacy.delta < 1 / self.num_clients,
-            "privacy.delta",
-            f"must be below 1 / num_clients ({1 / self.num_clients:.3g}): a larger delta allows "
-            "a mechanism that reveals some client's update outright",
-            self.privacy.delta,
-        )
         for index, spec in enumerate(self.training.transforms):
             require(
                 spec["name"] not in ("ldp", "topk"),

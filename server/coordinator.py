@@ -270,9 +270,13 @@ class Coordinator:
         self._kept_in_memory -= nbytes
 
     def publish(self, params: torch.Tensor, buffers: torch.Tensor, **info: Any) -> GlobalModel:
-        """Install the next version, tell listeners, and stop after `max_versions`."""
+        """Install the next version, tell listeners, and stop after `max_versions`. Under
+        central DP the model is noised first, for the updates accepted since the last one."""
         self._layout.params.check(params)
-        model = GlobalModel(params, buffers, self._model.version + 1)
+        version = self._model.version + 1
+        if self.privacy is not None and self.privacy.mode == "central":
+            params = self.privacy.noised(params, version, self.accepted_since_publish)
+        model = GlobalModel(params, buffers, version)
         self._model = model
         record: dict[str, Any] = {"version": model.version}
         if self.hash_models:
@@ -396,6 +400,8 @@ class Coordinator:
         if update.num_examples > cap:
             entry["examples_capped"] = cap
             update = replace(update, num_examples=cap)
+        if self.privacy is not None and self.privacy.mode == "central":
+            update = self.privacy.clip(update)
         self.ledger.record("accepted", staleness=staleness, **entry)
         self.accepted_since_publish += 1
         if "train_loss" in update.metrics:

@@ -5,6 +5,7 @@ Simulation and deployment both start here, so a config means the same thing in e
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from fedcore.params import ModelLayout, module_vectors
 from fedcore.privacy import noise_norm_bound
 from fedcore.server.privacy_accounting import PrivacyAccountant
 from fedcore.strategies.base import GlobalModel, ServerResources, Strategy
+from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.registry import STRATEGIES, build_strategy
 from fedcore.typed_config import ConfigError, build
 
@@ -90,6 +92,8 @@ def check_privacy(experiment: Experiment) -> None:
         _check_local_privacy(config, layout)
     elif privacy.mode == "dpsgd":
         _check_dpsgd(experiment)
+    elif privacy.mode == "central":
+        _check_central(experiment)
     if privacy.mode != "none" and privacy.budget:
         smallest = min(len(part) for part in experiment.federation.train_parts)
         first = PrivacyAccountant(config).next_epsilon(0, smallest)
@@ -120,6 +124,30 @@ def _check_local_privacy(config: ExperimentConfig, layout: ModelLayout) -> None:
         )
 
 
+def _check_central(experiment: Experiment) -> None:
+    """A strategy whose new model is the old one plus lr times the uniform mean of the
+    updates, so that the noise on it is the noise on that mean; opacus for the accountant."""
+    strategy = experiment.strategy
+    if not isinstance(strategy, FedAvg) or strategy.step.config.name != "plain":
+        raise ConfigError(
+            f"privacy.mode: central needs FedAvg or FedProx with the plain server step (the "
+            f"noised mean must be all that moves the model); strategy "
+            f"{experiment.config.strategy['name']} is not"
+        )
+    if strategy.weighting != "uniform":
+        raise ConfigError(
+            "strategy.weighting: must be uniform under privacy.mode=central: weighting by "
+            "example counts lets one client move the mean by more than max_norm / k"
+        )
+    _require_opacus("central")
+
+
+def _require_opacus(mode: str) -> None:
+    """A ConfigError saying how to get opacus, when it is missing."""
+    if importlib.util.find_spec("opacus") is None:
+        raise ConfigError(f"privacy.mode: {mode} needs opacus: pip install 'fedcore[privacy]'")
+
+
 def _check_dpsgd(experiment: Experiment) -> None:
     """Opacus present and able to train the model, a strategy that trains with the configured
     technique, and δ below one over the smallest client's example count."""
@@ -131,12 +159,9 @@ def _check_dpsgd(experiment: Experiment) -> None:
             f"{strategy.name} sends its own ({', '.join(strategy.own_techniques)}), which "
             "would train without the privacy"
         )
-    try:
-        from opacus.validators import ModuleValidator
-    except ImportError:
-        raise ConfigError(
-            "privacy.mode: dpsgd needs opacus: pip install 'fedcore[privacy]'"
-        ) from None
+    _require_opacus("dpsgd")
+    from opacus.validators import ModuleValidator
+
     problems = ModuleValidator.validate(experiment.build_model(), strict=False)
     if problems:
         raise ConfigError(

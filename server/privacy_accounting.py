@@ -1,34 +1,61 @@
-"""The server's account of each client's privacy loss (`privacy.mode` local or dpsgd).
+"""The server's account of each client's privacy loss, and central DP's clipping and noise.
 
 Every training update a client sends counts, whatever becomes of it (accepted, refused or
 expired: the server saw it). Under local DP an upload is one Gaussian release of noise
 multiplier z, and a client's ε is the exact composition of its uploads (`fedcore/privacy.py`).
 Under DP-SGD an update is `steps` Poisson-subsampled Gaussian steps at rate q = batch_size / the
 examples the client has, composed by Opacus's RDP or PRV accountant. Either ε is stated at
-`privacy.delta`; a client that tightened its own settings has lost at most this. The counts are
+`privacy.delta`; a client that tightened its own settings has lost at most this. Under central
+DP the server clips each update to C and adds N(0, (lr z C / k)^2) to the model it publishes
+from the mean of k updates; every client's ε is that of the versions published so far, each a
+Gaussian step subsampled at rate clients_per_round / num_clients. The counts are
 rebuilt from the whole ledger on resume, entries voided by the resume included: what was
 released stays spent.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+import torch
+
 from fedcore.clients.sgd import SGDParams, planned_steps
+from fedcore.clients.transforms.clip import clipped
 from fedcore.config import ExperimentConfig
+from fedcore.payloads import DenseDelta, SparseDelta
 from fedcore.privacy import gaussian_epsilon
+from fedcore.records import Update
 
 #: Ledger events that record a training update the client sent.
 RELEASES = frozenset({"accepted", "expired", "rejected"})
+#: Separates central DP's noise stream from every other stream keyed by the run seed.
+_CENTRAL_STREAM = 0x4345_4E54
+
+
+def _entropy(version: int) -> int:
+    """Central noise for a deployed server: 63 bits of the operating system's entropy."""
+    return secrets.randbits(63)
 
 
 class PrivacyAccountant:
     """Each client's releases and the ε they add up to."""
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(
+        self, config: ExperimentConfig, noise_seed: Callable[[int], int] = _entropy
+    ) -> None:
+        """`noise_seed(version)` seeds central DP's noise for a version: fresh entropy by
+        default, a stream keyed by the run seed in a simulation (`keyed_noise`)."""
         privacy = config.privacy
+        self.noise_seed = noise_seed
+        self.server_lr = float(config.strategy.get("server_step", {}).get("lr", 1.0))
+        self.central_rate = config.clients_per_round / config.num_clients
+        #: Central DP: versions published with noise.
+        self.versions = 0
         self.mode = privacy.mode
         self.max_norm = privacy.max_norm
         self.noise_multiplier = (
@@ -66,10 +93,33 @@ class PrivacyAccountant:
     def _epsilon_of(self, uploads: int, steps: Counter[float]) -> float:
         if self.mode == "local":
             return gaussian_epsilon(self.noise_multiplier, uploads, self.delta)
+        if self.mode == "central":
+            return self._opacus_epsilon(Counter({self.central_rate: self.versions}))
         return self._opacus_epsilon(steps)
+
+    def clip(self, update: Update) -> Update:
+        """Central DP: the update with its delta clipped to norm C on the server."""
+        payload = update.payload
+        if not isinstance(payload, DenseDelta | SparseDelta):
+            return update
+        values = clipped(payload.values, self.max_norm)
+        return replace(update, payload=replace(payload, values=values))
+
+    def noised(self, params: torch.Tensor, version: int, aggregated: int) -> torch.Tensor:
+        """Central DP: `params` published from the mean of `aggregated` clipped updates, with
+        N(0, (lr z C / aggregated)^2) on every coordinate; the version is counted."""
+        self.versions += 1
+        for client in self._epsilon:
+            self._update(client)
+        std = self.server_lr * self.noise_multiplier * self.max_norm / max(1, aggregated)
+        generator = torch.Generator().manual_seed(self.noise_seed(version))
+        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype)
+        return params + noise.mul_(std).to(params.device)
 
     def next_epsilon(self, client: int, examples: int) -> float:
         """`client`'s ε after one more training task on `examples` examples."""
+        if self.mode == "central":
+            return self._opacus_epsilon(Counter({self.central_rate: self.versions + 1}))
         steps = Counter(self.steps[client])
         if self.mode == "dpsgd":
             rate = min(1.0, self.batch_size / max(1, examples))
@@ -118,6 +168,16 @@ class PrivacyAccountant:
                 "sampling": "none assumed: every upload a client made composes in full",
                 "epsilon_per_upload": gaussian_epsilon(self.noise_multiplier, 1, self.delta),
             }
+        elif self.mode == "central":
+            terms = {
+                "unit": "one client's participation (add/remove a client), against anyone "
+                "but the server, which sees the updates unnoised",
+                "accountant": f"opacus {self.accountant}",
+                "sampling": f"each version's clients taken as Poisson-sampled at rate "
+                f"clients_per_round / num_clients = {self.central_rate:.4g} (fedcore samples "
+                "that many without replacement)",
+                "versions_noised": self.versions,
+            }
         else:
             terms = {
                 "unit": "one training example of a client (add/remove neighbours)",
@@ -125,6 +185,7 @@ class PrivacyAccountant:
                 "sampling": "Poisson sampling of each step's batch at rate batch_size / the "
                 "client's examples; no amplification by client sampling is assumed",
             }
+        by_client = {str(client): self.epsilon(client) for client in sorted(self._epsilon)}
         return {
             "mode": self.mode,
             **terms,
@@ -132,13 +193,28 @@ class PrivacyAccountant:
             "max_norm": self.max_norm,
             "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,
-            "epsilon_max": self.worst(),
-            "epsilon_by_client": {
-                str(client): self.epsilon(client) for client in sorted(self._epsilon)
-            },
+            # Central DP's ε is every client's, sampled or not: no per-client list.
+            "epsilon_max": self._epsilon_of(0, Counter())
+            if self.mode == "central"
+            else self.worst(),
+            **({} if self.mode == "central" else {"epsilon_by_client": by_client}),
         }
 
 
-def privacy_accountant(config: ExperimentConfig) -> PrivacyAccountant | None:
+def keyed_noise(run_seed: int) -> Callable[[int], int]:
+    """A simulation's central noise: a stream keyed by the run seed and the version."""
+
+    def seed(version: int) -> int:
+        key = np.random.SeedSequence([run_seed, _CENTRAL_STREAM, version])
+        return int(key.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+    return seed
+
+
+def privacy_accountant(
+    config: ExperimentConfig, noise_seed: Callable[[int], int] = _entropy
+) -> PrivacyAccountant | None:
     """The accountant a private run keeps (None without privacy)."""
-    return PrivacyAccountant(config) if config.privacy.mode != "none" else None
+    if config.privacy.mode == "none":
+        return None
+    return PrivacyAccountant(config, noise_seed)

@@ -47,7 +47,7 @@ from fedcore.server.experiment import (
     parse_experiment,
 )
 from fedcore.server.ledger import Ledger
-from fedcore.server.privacy_accounting import privacy_accountant
+from fedcore.server.privacy_accounting import keyed_noise, privacy_accountant
 from fedcore.server.reporting import RunReport, open_ledger
 from fedcore.strategies.base import GlobalModel
 from fedcore.typed_config import ConfigError
@@ -131,7 +131,7 @@ class Simulation:
             evaluation_candidates=lambda: sample,
             spool_dir=spool_dir,
             declared_examples=lambda client: len(self.federation.train_parts[client]),
-            privacy=privacy_accountant(config),
+            privacy=privacy_accountant(config, keyed_noise(config.seed)),
             min_trainable=config.clients_per_round,
         )
         self._clock = 0.0
