@@ -149,13 +149,18 @@ class PrivacyAccountant:
         return max(self._epsilon.values(), default=0.0)
 
     def rebuild(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Count the updates a ledger records (a resumed run's, voided entries included)."""
+        """Count the updates and noised versions a ledger records (a resumed run's, voided
+        entries included: a version published before a crash and again after it is two
+        releases)."""
         self.uploads.clear()
         self.steps.clear()
         self._epsilon.clear()
+        self.versions = 0
         for entry in entries:
             if entry.get("event") in RELEASES and isinstance(entry.get("client"), int):
                 self._count(entry["client"], int(entry["examples"]), int(entry["steps"]))
+            elif entry.get("event") == "model" and self.mode == "central":
+                self.versions += 1
         for client in self.uploads:
             self._update(client)
 

@@ -92,3 +92,24 @@ def test_every_client_has_the_subsampled_gaussians_epsilon(tmp_path) -> None:
 def test_what_central_dp_cannot_protect_fails_at_start(overrides, message) -> None:
     base = [*PRIVATE_FAST, "privacy.mode=central", "privacy.noise_multiplier=1"]
     fails_at_start([*base, *overrides], message)
+
+
+def test_a_resumed_account_counts_every_version_published(tmp_path) -> None:
+    """Versions a resume voided were published all the same: they stay counted."""
+    config = make_experiment(composed(*CENTRAL, "privacy.noise_multiplier=0.8")).config
+    accountant = PrivacyAccountant(config)
+    accountant.rebuild(
+        [
+            {"event": "accepted", "client": 3, "examples": 10, "steps": 5},
+            {"event": "model", "version": 1},
+            {"event": "model", "version": 2},
+            {"event": "resumed", "version": 1},
+            {"event": "model", "version": 2},
+        ]
+    )
+    assert accountant.versions == 3
+    again = PrivacyAccountant(config)
+    for version in (1, 2, 3):
+        again.noised(torch.zeros(4), version, 5)
+    assert accountant.epsilon(3) == pytest.approx(again.summary()["epsilon_max"])
+    assert accountant.epsilon(3) > 0
