@@ -58,9 +58,7 @@ class PrivacyAccountant:
         self.versions = 0
         self.mode = privacy.mode
         self.max_norm = privacy.max_norm
-        self.noise_multiplier = (
-            privacy.multiplier() if self.mode == "local" else (privacy.noise_multiplier)
-        )
+        self.noise_multiplier = privacy.multiplier()
         self.delta = privacy.delta
         self.accountant = privacy.accountant
         self.budget = privacy.budget
