@@ -4,11 +4,9 @@ clients, deployed clients and anything else that hosts fedcore's client half."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +14,7 @@ from fedcore.clients.techniques import TaskError, Technique, technique_type
 from fedcore.clients.transforms import TransformContext, transform_type
 from fedcore.data.split import Split
 from fedcore.params import BoundModule
+from fedcore.privacy import derived_seed, fresh_seed
 from fedcore.records import DOWNLOADS, MASK, Task, TransformSpec, Update
 
 #: The seed of a task's private randomness (what a transform's noise is drawn from).
@@ -28,9 +27,9 @@ TRANSFORM_STREAM = 1
 
 
 def fresh_entropy(task: Task) -> int:
-    """A deployed client's private randomness: 63 bits of the operating system's entropy per
-    task, so nothing the server knows or sends decides the noise."""
-    return secrets.randbits(63)
+    """A deployed client's private randomness: the operating system's entropy per task, so
+    nothing the server knows or sends decides the noise."""
+    return fresh_seed()
 
 
 def keyed_by_run(run_seed: int) -> PrivateSeed:
@@ -38,8 +37,7 @@ def keyed_by_run(run_seed: int) -> PrivateSeed:
     and the task, so that seeded runs repeat bit for bit."""
 
     def seed(task: Task) -> int:
-        key = [run_seed, _PRIVATE_STREAM, task.client_id, task.version, task.seed]
-        return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1))
+        return derived_seed(run_seed, _PRIVATE_STREAM, task.client_id, task.version, task.seed)
 
     return seed
 
@@ -94,6 +92,7 @@ class LocalTrainer:
             name: TransformSpec(name, dict(options))
             for name, options in (own_transforms or {}).items()
         }
+        # Bad options, or a transform that takes no client settings, are refused now.
         for spec in self.own_transforms.values():
             transform = transform_type(spec.name)()
             transform.tighten(transform.decode(spec), transform.decode(spec))
@@ -147,8 +146,7 @@ class LocalTrainer:
     def private_generator(self, task: Task, stream: int) -> torch.Generator:
         """A CPU generator of this client's private randomness for `task`: one independent
         stream per use (`stream`), so a technique's and a transform's noise never coincide."""
-        key = np.random.SeedSequence([self.private_seed(task), stream])
-        return torch.Generator().manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
+        return torch.Generator().manual_seed(derived_seed(self.private_seed(task), stream))
 
     def passes(self, task: Task, num_examples: int) -> float:
         """What `task` costs in minibatch passes on `num_examples` examples."""

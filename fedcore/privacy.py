@@ -9,7 +9,10 @@ analytic mechanism (Balle and Wang, ICML 2018) is exact for every ε and needs l
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
+
+import numpy as np
 
 
 def _log_normal_cdf(x: float) -> float:
@@ -75,3 +78,14 @@ def noise_norm_bound(sigma: float, numel: int) -> float:
     below 2e-8: sigma (sqrt(numel) + 6) (Gaussian concentration of the norm, a 1-Lipschitz
     function, with P(norm >= sigma (sqrt(d) + t)) <= exp(-t^2 / 2))."""
     return sigma * (math.sqrt(numel) + 6.0)
+
+
+def fresh_seed() -> int:
+    """63 bits of the operating system's entropy: a seed no one else can know."""
+    return secrets.randbits(63)
+
+
+def derived_seed(*key: int) -> int:
+    """A 63-bit seed derived from integer `key` parts (numpy's SeedSequence): distinct keys give
+    independent streams, the same key the same one."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -375,9 +375,8 @@ class Coordinator:
         task = self.outstanding.get(client)
         entry = describe(update)
         if self.privacy is not None:
-            entry["epsilon"] = self.privacy.released(
-                client, update.num_examples, update.local_steps
-            )
+            examples = min(update.num_examples, self.policy.max_examples)
+            entry["epsilon"] = self.privacy.released(client, examples, update.local_steps)
         if task is None:
             reason = "no outstanding task for this client (duplicate or unsolicited update)"
             self.ledger.record("rejected", reason=reason, **entry)

@@ -15,20 +15,18 @@ released stays spent.
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedcore.clients.sgd import SGDParams, planned_steps
 from fedcore.clients.transforms.clip import clipped
 from fedcore.config import ExperimentConfig
 from fedcore.payloads import DenseDelta, SparseDelta
-from fedcore.privacy import gaussian_epsilon
+from fedcore.privacy import derived_seed, fresh_seed, gaussian_epsilon
 from fedcore.records import Update
 
 #: Ledger events that record a training update the client sent.
@@ -38,8 +36,8 @@ _CENTRAL_STREAM = 0x4345_4E54
 
 
 def _entropy(version: int) -> int:
-    """Central noise for a deployed server: 63 bits of the operating system's entropy."""
-    return secrets.randbits(63)
+    """Central noise for a deployed server: the operating system's entropy."""
+    return fresh_seed()
 
 
 class PrivacyAccountant:
@@ -54,8 +52,9 @@ class PrivacyAccountant:
         self.noise_seed = noise_seed
         self.server_lr = float(config.strategy.get("server_step", {}).get("lr", 1.0))
         self.central_rate = config.clients_per_round / config.num_clients
-        #: Central DP: versions published with noise.
+        #: Central DP: versions published with noise, and every client's ε after them.
         self.versions = 0
+        self._central = 0.0
         self.mode = privacy.mode
         self.max_norm = privacy.max_norm
         self.noise_multiplier = privacy.multiplier()
@@ -73,15 +72,25 @@ class PrivacyAccountant:
         self._epsilon: dict[int, float] = {}
 
     def released(self, client: int, examples: int, steps: int) -> float:
-        """Count one update by `client` (claiming `examples` and `steps`); its ε now."""
+        """Count one update by `client` (claiming `examples` and `steps`, counted at most at
+        the steps its task asked for: a claim cannot make the account grow without bound);
+        its ε now."""
         self._count(client, examples, steps)
         return self._update(client)
 
     def _count(self, client: int, examples: int, steps: int) -> None:
         self.uploads[client] += 1
         if self.mode == "dpsgd":
-            rate = min(1.0, self.batch_size / max(1, examples))
-            self.steps[client][rate] += steps
+            self.steps[client][self._rate(examples)] += min(steps, self._planned(examples))
+
+    def _rate(self, examples: int) -> float:
+        """DP-SGD's Poisson sampling rate on `examples` examples."""
+        return min(1.0, self.batch_size / max(1, examples))
+
+    def _planned(self, examples: int) -> int:
+        """The steps a training task asks of a client with `examples` examples."""
+        sgd = SGDParams(batch_size=self.batch_size, epochs=self.epochs)
+        return planned_steps(self.local_steps, sgd, max(1, examples))
 
     def _update(self, client: int) -> float:
         value = self._epsilon_of(self.uploads[client], self.steps[client])
@@ -92,8 +101,12 @@ class PrivacyAccountant:
         if self.mode == "local":
             return gaussian_epsilon(self.noise_multiplier, uploads, self.delta)
         if self.mode == "central":
-            return self._opacus_epsilon(Counter({self.central_rate: self.versions}))
+            return self._central
         return self._opacus_epsilon(steps)
+
+    def _central_after(self, versions: int) -> float:
+        """Central DP: every client's ε after `versions` noised versions."""
+        return self._opacus_epsilon(Counter({self.central_rate: versions}))
 
     def clip(self, update: Update) -> Update:
         """Central DP: the update with its delta clipped to norm C on the server."""
@@ -107,22 +120,19 @@ class PrivacyAccountant:
         """Central DP: `params` published from the mean of `aggregated` clipped updates, with
         N(0, (lr z C / aggregated)^2) on every coordinate; the version is counted."""
         self.versions += 1
-        for client in self._epsilon:
-            self._update(client)
+        self._central = self._central_after(self.versions)
         std = self.server_lr * self.noise_multiplier * self.max_norm / max(1, aggregated)
         generator = torch.Generator().manual_seed(self.noise_seed(version))
-        noise = torch.randn(params.shape, generator=generator, dtype=params.dtype)
-        return params + noise.mul_(std).to(params.device)
+        noised = torch.randn(params.shape, generator=generator, dtype=params.dtype)
+        return noised.mul_(std).add_(params.cpu()).to(params.device)
 
     def next_epsilon(self, client: int, examples: int) -> float:
         """`client`'s ε after one more training task on `examples` examples."""
         if self.mode == "central":
-            return self._opacus_epsilon(Counter({self.central_rate: self.versions + 1}))
+            return self._central_after(self.versions + 1)
         steps = Counter(self.steps[client])
         if self.mode == "dpsgd":
-            rate = min(1.0, self.batch_size / max(1, examples))
-            sgd = SGDParams(batch_size=self.batch_size, epochs=self.epochs)
-            steps[rate] += planned_steps(self.local_steps, sgd, max(1, examples))
+            steps[self._rate(examples)] += self._planned(examples)
         return self._epsilon_of(self.uploads[client] + 1, steps)
 
     def affords(self, client: int, examples: int) -> bool:
@@ -139,11 +149,16 @@ class PrivacyAccountant:
         return float(accountant.get_epsilon(self.delta)) if accountant.history else 0.0
 
     def epsilon(self, client: int) -> float:
-        """`client`'s ε at `delta` over everything it sent (0 before it sent anything)."""
+        """`client`'s ε at `delta` over everything it sent (0 before it sent anything; under
+        central DP, every client's)."""
+        if self.mode == "central":
+            return self._central
         return self._epsilon.get(client, 0.0)
 
     def worst(self) -> float:
         """The largest ε of any client."""
+        if self.mode == "central":
+            return self._central
         return max(self._epsilon.values(), default=0.0)
 
     def rebuild(self, entries: Iterable[dict[str, Any]]) -> None:
@@ -159,6 +174,8 @@ class PrivacyAccountant:
                 self._count(entry["client"], int(entry["examples"]), int(entry["steps"]))
             elif entry.get("event") == "model" and self.mode == "central":
                 self.versions += 1
+        if self.mode == "central":
+            self._central = self._central_after(self.versions)
         for client in self.uploads:
             self._update(client)
 
@@ -197,9 +214,7 @@ class PrivacyAccountant:
             "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,
             # Central DP's ε is every client's, sampled or not: no per-client list.
-            "epsilon_max": self._epsilon_of(0, Counter())
-            if self.mode == "central"
-            else self.worst(),
+            "epsilon_max": self.worst(),
             **({} if self.mode == "central" else {"epsilon_by_client": by_client}),
         }
 
@@ -208,8 +223,7 @@ def keyed_noise(run_seed: int) -> Callable[[int], int]:
     """A simulation's central noise: a stream keyed by the run seed and the version."""
 
     def seed(version: int) -> int:
-        key = np.random.SeedSequence([run_seed, _CENTRAL_STREAM, version])
-        return int(key.generate_state(1, np.uint64)[0] >> np.uint64(1))
+        return derived_seed(run_seed, _CENTRAL_STREAM, version)
 
     return seed
 

@@ -93,7 +93,7 @@ def test_batches_and_noise_are_private_to_the_client() -> None:
 
 def _accountant(kind: str) -> PrivacyAccountant:
     config = ExperimentConfig(
-        training=TrainingConfig(batch_size=1),
+        training=TrainingConfig(batch_size=1, local_steps=2250),
         privacy=PrivacyConfig(mode="dpsgd", noise_multiplier=1.5, accountant=kind),
         evaluation=EvaluationConfig(federated_clients=0),
     )
@@ -111,6 +111,9 @@ def test_the_accountant_gives_opacus_goldens() -> None:
     prv.released(3, 25, 2000)
     assert prv.released(3, 25, 249) == pytest.approx(6.77740, abs=1e-4)
     assert rdp.epsilon(4) == 0.0 and rdp.worst() == rdp.epsilon(3)
+    claimed = _accountant("rdp")
+    claimed.local_steps = 5
+    assert claimed.released(3, 25, 2**62) == claimed.released(4, 25, 5)  # capped at the task's
     fewer = _accountant("rdp")
     fewer.released(3, 50, 2250)  # q 0.02: less privacy loss
     assert fewer.epsilon(3) < rdp.epsilon(3)
