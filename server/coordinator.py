@@ -493,6 +493,15 @@ class Coordinator:
             )
         return False
 
+    def budget_spent(self, client: int) -> str:
+        """Why `client` gets no more training tasks: its privacy budget ('' while it may)."""
+        if client not in self.spent or self.privacy is None:
+            return ""
+        return (
+            f"privacy budget spent: ε {self.privacy.epsilon(client):.4g} of "
+            f"{self.privacy.budget:g}, and another task would pass it; no more training tasks"
+        )
+
     def _idle_after(self, client: int, then_idle: bool) -> None:
         """The client of a finished task is idle again, when the driver said it would be."""
         if then_idle:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedcore.clients.per_example import clipping_problem
 from fedcore.clients.plugins import load_plugins
 from fedcore.config import ExperimentConfig
 from fedcore.federation import Federation, make_federation, model_builder, server_data
@@ -160,13 +161,9 @@ def _check_dpsgd(experiment: Experiment) -> None:
             "would train without the privacy"
         )
     _require_opacus("dpsgd")
-    from opacus.validators import ModuleValidator
-
-    problems = ModuleValidator.validate(experiment.build_model(), strict=False)
-    if problems:
-        raise ConfigError(
-            f"privacy.mode: dpsgd cannot train model {config.model.name}: {problems[0]}"
-        )
+    problem = clipping_problem(experiment.build_model())
+    if problem:
+        raise ConfigError(f"privacy.mode: dpsgd cannot train model {config.model.name}: {problem}")
     smallest = min(len(part) for part in experiment.federation.train_parts)
     if config.privacy.delta >= 1 / smallest:
         raise ConfigError(

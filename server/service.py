@@ -210,15 +210,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         """Long-poll for the client's next task (at most `wait_seconds`, capped at 30 s)."""
         slot = await self._authenticate(context, request.client_id, request.session)
         slot.held_version = request.held_version if request.holds_model else None
-        if slot.next_task() is None and not self.coordinator.finished:
+        spent = self.coordinator.budget_spent(slot.number)
+        if slot.next_task() is None and not self.coordinator.finished and not spent:
             slot.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.wake.wait(), timeout=min(30.0, request.wait_seconds))
         parked = slot.next_task()
         if parked is None:
-            if self.coordinator.finished:
+            if self.coordinator.finished or spent:
                 self._tell_done(slot)
-                return pb.TaskReply(status=pb.TaskReply.DONE)
+                return pb.TaskReply(status=pb.TaskReply.DONE, reason=spent)
             return pb.TaskReply(status=pb.TaskReply.WAIT)
         task = parked.task
         deadline = 0.0 if task.deadline is None else max(0.0, task.deadline - self.now())

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,21 @@ def test_preset_accuracy_benchmark_runs_quick_and_writes_its_json(tmp_path):
     assert set(result["cases"]) == {"fedavg", "experiment=heart"}
     for case in result["cases"].values():
         assert case["versions"] == 3 and 0 < case["final_accuracy"] <= case["best_accuracy"] <= 1
+
+
+@pytest.mark.skipif(find_spec("opacus") is None, reason="DP-SGD's calibration needs opacus")
+def test_privacy_utility_benchmark_runs_quick_and_writes_its_json_and_plot(tmp_path):
+    _quick("privacy_utility", tmp_path)
+    result = json.loads((tmp_path / "privacy_utility.json").read_text())
+    assert result["benchmark"] == "privacy_utility" and result["quick"] is True
+    assert set(result["cases"]) == {
+        *("none eps=inf", "local eps=8", "local eps=inf", "dpsgd eps=8", "dpsgd eps=inf")
+    }
+    for name, case in result["cases"].items():
+        (run,) = case["runs"]
+        assert 0 < case["accuracy_mean"] <= 1 and run["versions"] == result["rounds"]
+        if name.endswith("eps=8"):
+            assert 0 < run["epsilon_max"] <= 8 and run["noise_multiplier"] > 0
+        else:
+            assert run["epsilon_max"] is None and run["noise_multiplier"] == 0
+    assert (tmp_path / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"

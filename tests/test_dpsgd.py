@@ -154,10 +154,6 @@ def test_a_simulation_under_dpsgd_repeats_and_accounts_each_client(tmp_path) -> 
         (["privacy.noise_multiplier=0"], "privacy.noise_multiplier: must be > 0 under mode dpsgd"),
         (["privacy.epsilon=3"], "privacy.epsilon: is for mode local"),
         (["privacy.delta=0.5"], r"privacy.delta: must be below 1 / the smallest client"),
-        (
-            ["dataset=shakespeare", "partition=natural", "model=char_gru", "num_clients=8"],
-            "privacy.mode: dpsgd cannot train model char_gru",
-        ),
     ],
 )
 def test_what_dpsgd_cannot_protect_fails_at_start(overrides, message) -> None:

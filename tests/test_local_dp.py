@@ -33,9 +33,11 @@ from tests.processes import (
     TWO_CLIENTS,
     client,
     finish_federation,
+    free_port,
     make_certs,
     server_port,
     start_server,
+    wait_for,
 )
 
 D = 20_000
@@ -378,3 +380,58 @@ def test_a_budget_below_one_update_fails_at_start() -> None:
     with pytest.raises(ConfigError, match=r"privacy.budget: 0.5 does not cover one training task"):
         make_experiment(composed(*overrides, "privacy.noise_multiplier=2", "privacy.budget=0.5"))
     assert one > 0.5
+
+
+@pytest.mark.slow
+def test_a_killed_server_resumes_the_account_and_spent_clients_say_so(tmp_path) -> None:
+    """A budget of four uploads per client; the server is killed (SIGKILL) after version 2 and
+    resumed from its checkpoint. Uploads the resume voided stay counted, no client uploads past
+    its budget over both lives, and a spent client prints why it gets no more tasks."""
+    make_certs(tmp_path, 2)
+    port = free_port()
+    budget = gaussian_epsilon(2.0, 4, 1e-3) * (1 + 1e-9)
+    args = [
+        *(o for o in TWO_CLIENTS if not o.startswith("deployment.address")),
+        f"deployment.address=127.0.0.1:{port}",
+        "rounds=20",
+        "evaluation.federated_clients=0",
+        "privacy.mode=local",
+        "privacy.noise_multiplier=2",
+        "privacy.delta=1e-3",
+        f"privacy.budget={budget}",
+        "divergence.loss_factor=0",
+    ]
+    run = tmp_path / "run"
+    server = start_server(tmp_path, *args)
+    wait_for(lambda: (run / "config.yaml").exists(), 60, "the run directory")
+    clients = [client(tmp_path, port, i, "--slow", "0.3") for i in range(2)]
+
+    def versions() -> int:
+        ledger = run / "ledger.jsonl"
+        entries = read_ledger(ledger) if ledger.exists() else []
+        return sum(e["event"] == "model" for e in entries)
+
+    wait_for(lambda: versions() >= 2, 120, "version 2")
+    server.kill()
+    server.communicate(timeout=30)
+    server = start_server(tmp_path, *args)
+    outputs = [c.communicate(timeout=240)[0] for c in clients]
+    server_output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, server_output
+    assert "from model version" in server_output
+    entries = read_ledger(run / "ledger.jsonl")
+    uploads = [e["client"] for e in entries if e["event"] == "accepted"]
+    assert sorted(set(uploads)) == [0, 1] and all(uploads.count(c) <= 4 for c in (0, 1))
+    assert all(e["epsilon"] <= budget for e in entries if e["event"] == "accepted")
+    spent = {e["client"] for e in entries if e["event"] == "spent"}
+    summary = json.loads((run / "summary.json").read_text())
+    # The run stops at the first spent client; the other may be found spent as it goes idle.
+    assert summary["stop_reason"] == (
+        "privacy budget spent: 1 of 2 clients can take another training task, fewer than "
+        "clients_per_round (2)"
+    )
+    assert spent
+    line = f"privacy budget spent: ε {budget / (1 + 1e-9):.4g} of {budget:g}"
+    for number, (process, output) in enumerate(zip(clients, outputs, strict=True)):
+        assert process.returncode == 0, output
+        assert (f"client client-{number}: {line}" in output) == (number in spent), output

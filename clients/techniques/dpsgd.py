@@ -2,12 +2,13 @@
 
 Each step samples a Poisson batch (every example in with probability q = batch_size / n, drawn
 from the client's private generator, so the server that chose the task seed cannot tell which
-examples a step used); Opacus bounds each example's gradient to `max_grad_norm` and adds
-Gaussian noise of std noise_multiplier * max_grad_norm to their sum, divided by the expected
-batch size; fedcore's SGD step (`clients/sgd.py`, weight decay and momentum included) applies it
-to the flat parameters. Ghost clipping (Opacus's fast gradient clipping: norms without
-per-example gradients, then a reweighted backward pass) is the default; `ghost=0` keeps
-per-example gradients (Opacus's hooks). The training loss is withheld: it is not private.
+examples a step used); each example's gradient is clipped to `max_grad_norm` with Opacus's
+per-example rules (`clients/per_example.py`: ghost clipping by default, `ghost=0` forms
+per-example gradients), Gaussian noise of std noise_multiplier * max_grad_norm from the same
+private stream is added to their sum, and the sum is divided by the expected batch size, as
+Opacus's optimizer does; fedcore's SGD step (`clients/sgd.py`, weight decay and momentum
+included) applies it to the flat parameters. Recurrent layers train as Opacus's DP layers. The
+training loss is withheld: it is not private.
 
 Opacus is imported when a task runs (`pip install 'fedcore[privacy]'`), never on import: a
 riscv64 client, which has no opacus, imports this module with the others.
@@ -16,14 +17,14 @@ riscv64 client, which has no opacus, imports this module with the others.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from fedcore.clients.per_example import ClippedGradients
 from fedcore.clients.registry import TaskError
 from fedcore.clients.sgd import (
     SGDParams,
@@ -36,7 +37,6 @@ from fedcore.clients.sgd import (
 )
 from fedcore.clients.techniques.base import Technique, register
 from fedcore.data.split import Split
-from fedcore.params import BoundModule
 from fedcore.records import Task, Update
 from fedcore.typed_config import require, require_positive
 
@@ -79,54 +79,6 @@ def opacus() -> ModuleType:
     return package
 
 
-class _Private:
-    """The task's module wrapped by Opacus for its mode and clip bound; `close` unwraps it, so
-    no hook outlives the task (the same module then trains or evaluates plainly)."""
-
-    def __init__(self, bound: BoundModule, params: DPSGDParams) -> None:
-        grad_sample = opacus().grad_sample
-        if params.ghost:
-            self.module: Any = grad_sample.GradSampleModuleFastGradientClipping(
-                bound.module,
-                batch_first=True,
-                loss_reduction="mean",
-                max_grad_norm=params.max_grad_norm,
-                use_ghost_clipping=True,
-            )
-        else:
-            self.module = grad_sample.GradSampleModule(
-                bound.module, batch_first=True, loss_reduction="mean"
-            )
-
-    def close(self) -> None:
-        """Remove Opacus's hooks from the module."""
-        self.module._close()
-
-    def optimizer(self, bound: BoundModule, params: DPSGDParams, batch: float, noise: Any) -> Any:
-        """Opacus's optimizer over the bound parameters: only its clipping and noise are used
-        (`pre_step`); fedcore's step moves the weights."""
-        optimizers = opacus().optimizers
-        kind = (
-            optimizers.DPOptimizerFastGradientClipping if params.ghost else optimizers.DPOptimizer
-        )
-        return kind(
-            torch.optim.SGD(bound.module.parameters(), lr=params.lr),
-            noise_multiplier=params.noise_multiplier,
-            max_grad_norm=params.max_grad_norm,
-            expected_batch_size=batch,
-            loss_reduction="mean",
-            generator=noise,
-        )
-
-    def criterion(self, params: DPSGDParams, optimizer: Any) -> Any:
-        """The loss: ghost clipping's wraps cross-entropy to run its two backward passes."""
-        if not params.ghost:
-            return nn.CrossEntropyLoss()
-        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
-        return DPLossFastGradientClipping(self.module, optimizer, nn.CrossEntropyLoss(), "mean")
-
-
 @register
 class DPSGD(Technique[DPSGDParams]):
     """Poisson-sampled, per-example clipped, noised local SGD."""
@@ -145,14 +97,18 @@ class DPSGD(Technique[DPSGDParams]):
     ) -> Update:
         """`local_steps` (or `epochs` of expected batches) DP-SGD steps from `model`."""
         require_examples(task, data)
+        opacus()  # a client without opacus says how to get it, before any work
         started = time.perf_counter()
         bound = trainer.bound
         start = begin(bound, model)
-        private = _Private(bound, params)
         try:
-            steps = self._train(trainer, task, params, private, start, data)
+            clipping = ClippedGradients(bound.module, params.max_grad_norm, params.ghost)
+        except ValueError as error:
+            raise TaskError(f"task.technique: dpsgd cannot train this model: {error}") from None
+        try:
+            steps = self._train(trainer, task, params, clipping, start, data)
         finally:
-            private.close()
+            clipping.close()
         return trained_update(task, bound, start, len(data), steps, started, {}, reuse_model)
 
     @staticmethod
@@ -160,7 +116,7 @@ class DPSGD(Technique[DPSGDParams]):
         trainer: LocalTrainer,
         task: Task,
         params: DPSGDParams,
-        private: _Private,
+        clipping: ClippedGradients,
         start: torch.Tensor,
         data: Split,
     ) -> int:
@@ -168,23 +124,25 @@ class DPSGD(Technique[DPSGDParams]):
         bound = trainer.bound
         generator = trainer.private_generator(task, DPSGD_STREAM)
         rate = min(1.0, params.batch_size / len(data))
-        optimizer = private.optimizer(bound, params, rate * len(data), generator)
-        criterion = private.criterion(params, optimizer)
+        expected_batch = rate * len(data)
+        std = params.noise_multiplier * params.max_grad_norm
+        noise = torch.empty(bound.params.numel(), dtype=bound.params.dtype)
         moving = momentum_buffers(bound, params, trainer.velocity)
         device = bound.params.device
         steps = planned_steps(task.local_steps, params, len(data))
         bound.module.train()
-        with warnings.catch_warnings():
-            # Opacus's hooks see inputs that need no gradient (the data): torch says so.
-            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
-            for _ in range(steps):
-                chosen = (torch.rand(len(data), generator=generator) < rate).nonzero().flatten()
-                x, y = data.batch(chosen)
-                optimizer.zero_grad(set_to_none=True)
-                criterion(private.module(x.to(device)), y.to(device)).backward()
-                optimizer.pre_step()
-                sgd_step(bound, params, moving, None, start)
-        optimizer.zero_grad(set_to_none=True)
+        for _ in range(steps):
+            chosen = (torch.rand(len(data), generator=generator) < rate).nonzero().flatten()
+            x, y = data.batch(chosen)
+            bound.fresh_grads()
+            logits = bound.module(x.to(device))
+            clipping.backward(nn.functional.cross_entropy(logits, y.to(device), reduction="none"))
+            grads = bound.grads
+            if std:
+                grads.add_(noise.normal_(0.0, std, generator=generator).to(device))
+            grads.div_(expected_batch)
+            sgd_step(bound, params, moving, None, start)
+        bound.fresh_grads()
         return steps
 
     def passes(self, task: Task, params: DPSGDParams, num_examples: int) -> float:

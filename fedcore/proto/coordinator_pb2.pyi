@@ -96,7 +96,7 @@ class LeaveRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class TaskReply(_message.Message):
-    __slots__ = ["deadline_seconds", "download", "extras", "hyper", "kind", "local_steps", "seed", "status", "task_id", "transforms", "version"]
+    __slots__ = ["deadline_seconds", "download", "extras", "hyper", "kind", "local_steps", "reason", "seed", "status", "task_id", "transforms", "version"]
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = []
     class HyperEntry(_message.Message):
@@ -113,6 +113,7 @@ class TaskReply(_message.Message):
     HYPER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASK: TaskReply.Status
@@ -126,12 +127,13 @@ class TaskReply(_message.Message):
     hyper: _containers.ScalarMap[str, float]
     kind: str
     local_steps: int
+    reason: str
     seed: int
     status: TaskReply.Status
     task_id: str
     transforms: _containers.RepeatedCompositeFieldContainer[Transform]
     version: int
-    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., extras: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., download: _Optional[str] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[TaskReply.Status, str]] = ..., task_id: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., local_steps: _Optional[int] = ..., hyper: _Optional[_Mapping[str, float]] = ..., seed: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., extras: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., download: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ["client_id", "held_version", "holds_model", "session", "wait_seconds"]
