@@ -1,6 +1,7 @@
-"""What DP-SGD costs a client: seconds per local step of the `dpsgd` technique in each of
-Opacus's modes against plain SGD on the default MLP (784-200-10, batch 64, one thread), through
-the same trainer a client runs (Poisson sampling, Opacus's clipping and noise, fedcore's step).
+"""What DP-SGD costs a client: seconds per local step of the `dpsgd` technique in each clipping
+mode (ghost norms, or per-example gradients: `clients/per_example.py`) against plain SGD on the
+default MLP (784-200-10, batch 64, one thread), through the same trainer a client runs (Poisson
+sampling, per-example clipping, noise, fedcore's step).
 
 `python -m benchmarks.dp_sgd [--quick] [--out DIR]` prints the table and writes dp_sgd.json.
 The target: ghost clipping (the default) costs at most 3x a plain step. Modes are timed in

@@ -153,7 +153,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     #: dpsgd: Opacus's accountant, rdp or prv.
     accountant: Literal["rdp", "prv"] = "rdp"
-    #: dpsgd: ghost clipping (Opacus's fast gradient clipping), else per-example gradients.
+    #: dpsgd: ghost clipping (norms without per-example gradients), else per-example gradients.
     ghost: bool = True
     #: The ε a client may spend (0: no cap): a client whose next update would take it past
     #: this gets no more training tasks, and the run stops when fewer than clients_per_round
