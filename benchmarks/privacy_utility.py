@@ -27,6 +27,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,13 @@ def planned_uploads(rounds: int) -> int:
     return math.ceil(1.2 * rounds * CLIENTS_PER_ROUND / NUM_CLIENTS)
 
 
+@cache
+def fewest_examples(seed: int) -> int:
+    """The training examples of the seed's smallest client (its partition is the seed's)."""
+    experiment = make_experiment(compose(*COMMON, f"seed={seed}"))
+    return min(len(part) for part in experiment.federation.train_parts)
+
+
 def noise_multiplier(mode: str, epsilon: float, rounds: int, seed: int) -> float:
     """The z at which a client of the seed's federation reaches `epsilon` after its planned
     uploads."""
@@ -107,8 +115,7 @@ def noise_multiplier(mode: str, epsilon: float, rounds: int, seed: int) -> float
         return analytic_gaussian_sigma(epsilon, DELTA) * math.sqrt(uploads)
     from opacus.accountants.utils import get_noise_multiplier
 
-    experiment = make_experiment(compose(*COMMON, f"seed={seed}"))
-    examples = min(len(part) for part in experiment.federation.train_parts)
+    examples = fewest_examples(seed)
     with warnings.catch_warnings():
         # Opacus's search tries noise levels whose best order is the largest: it says so.
         warnings.filterwarnings("ignore", "Optimal order is the largest alpha", UserWarning)

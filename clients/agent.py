@@ -291,8 +291,8 @@ class ClientAgent:
                 timeout=self.settings.poll_seconds + 30,
             )
             if reply.status == pb.TaskReply.DONE:
-                if reply.reason:
-                    print(f"client {self.settings.client_id}: {reply.reason}", flush=True)
+                if reply.reason:  # the server's words, shown at most 500 characters long
+                    print(f"client {self.settings.client_id}: {reply.reason[:500]}", flush=True)
                 self.server_done.set()
                 with contextlib.suppress(grpc.RpcError):
                     # A courtesy: the server stops once every client has heard DONE, so it may

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -67,16 +66,15 @@ class DPSGDParams(SGDParams):
         )
 
 
-def opacus() -> ModuleType:
-    """The opacus package, or a TaskError saying how to get it."""
+def _require_opacus() -> None:
+    """A TaskError saying how to get opacus, when this client lacks it."""
     try:
-        import opacus as package
+        import opacus  # noqa: F401
     except ImportError:
         raise TaskError(
             "task.technique: dpsgd needs opacus, which this client lacks: pip install "
             "'fedcore[privacy]' (a riscv64 client has none: use privacy.mode=local there)"
         ) from None
-    return package
 
 
 @register
@@ -97,7 +95,7 @@ class DPSGD(Technique[DPSGDParams]):
     ) -> Update:
         """`local_steps` (or `epochs` of expected batches) DP-SGD steps from `model`."""
         require_examples(task, data)
-        opacus()  # a client without opacus says how to get it, before any work
+        _require_opacus()
         started = time.perf_counter()
         bound = trainer.bound
         start = begin(bound, model)
